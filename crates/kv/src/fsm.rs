@@ -1,0 +1,517 @@
+//! [`KvFsm`]: applies committed Raft entries to a [`KvStore`], dispatching on the
+//! opcode byte, and halts on anything it cannot apply.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sealkv_encryption::applier::{Applied, Applier, ApplyError};
+use sealkv_fsmwire::is_encryption_opcode;
+use sealkv_store::mvcc::{EncryptionState, StoredValue};
+use sealkv_store::{KvStore, StoreError, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, CommandError, KvRequest, OP_KV, OP_KV_BATCH, PutCondition};
+
+/// A committed Raft entry, as the state machine sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// The entry's Raft index. Entries must be applied in index order with no gaps.
+    pub index: u64,
+    /// The entry's data: an opcode byte and its payload, or empty for the no-op
+    /// entry a new leader appends.
+    pub data: &'a [u8],
+}
+
+/// The answer to one KV command. A deterministic user-level failure is an
+/// [`Reply::Error`], not a halt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The command applied.
+    Ok,
+    /// The command did nothing (a failed `SET NX`/`XX` condition).
+    Nil,
+    /// An integer result.
+    Int(i64),
+    /// A user error, with the Redis-style message (`ERR ...`).
+    Error(String),
+}
+
+/// What applying one entry produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// An empty (leader no-op) entry.
+    Noop,
+    /// A KV entry: one reply per command, in order.
+    Kv(Vec<Reply>),
+    /// An encryption control-plane entry.
+    Encryption(Applied),
+}
+
+/// The outcome of one applied entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryOutcome {
+    /// The entry's index.
+    pub index: u64,
+    /// What it produced.
+    pub outcome: Outcome,
+}
+
+/// Why the state machine halted.
+#[derive(Debug, thiserror::Error)]
+pub enum HaltCause {
+    /// The opcode is not one this state machine knows (including the reserved `0x02`).
+    #[error("unknown opcode {0:#04x}")]
+    UnknownOpcode(u8),
+    /// A KV entry does not decode.
+    #[error("decode kv entry")]
+    Command(#[from] CommandError),
+    /// An encryption opcode arrived and no encryption applier is installed.
+    #[error("encryption opcode {0:#04x} with no encryption applier installed")]
+    NoEncryption(u8),
+    /// The encryption applier refused the entry.
+    #[error("apply encryption entry")]
+    Encryption(#[from] ApplyError),
+    /// The store failed to read or to commit.
+    #[error("storage")]
+    Storage(#[from] StoreError),
+    /// An entry arrived out of order.
+    #[error("entry index {got} does not follow applied index {applied}")]
+    OutOfOrder {
+        /// The last applied index.
+        applied: u64,
+        /// The index that arrived.
+        got: u64,
+    },
+}
+
+/// A halt: the entry at `index` could not be applied. The entry is not marked
+/// applied, no later entry is applied, and writes must be refused until an operator
+/// fixes the cause and restarts the node (which replays the same entry).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("state machine halted at index {index}: {}", display_chain(cause.as_ref()))]
+pub struct Halt {
+    /// The index of the entry that could not be applied.
+    pub index: u64,
+    /// The entry's opcode, when it had one.
+    pub opcode: Option<u8>,
+    /// Why.
+    pub cause: Arc<HaltCause>,
+}
+
+fn display_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Returned by [`KvFsm::apply`] when the state machine halted: the halt, and the
+/// outcomes of the entries that applied before it (their effects are durable).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{halt}")]
+#[must_use]
+pub struct Halted {
+    /// The halt.
+    pub halt: Halt,
+    /// The entries applied in this call before the halt.
+    pub applied: Vec<EntryOutcome>,
+}
+
+/// A failure to read user data.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The store failed.
+    #[error("read value")]
+    Storage(#[from] StoreError),
+    /// The value is encrypted and this node has no storage key loaded.
+    #[error("value of key {} is encrypted and no storage key is loaded", String::from_utf8_lossy(.0))]
+    Encrypted(Vec<u8>),
+}
+
+/// The state machine: applies committed entries to a [`KvStore`].
+///
+/// Dispatch on the first byte of an entry (DESIGN.md §3):
+///
+/// | opcode          | handling |
+/// |-----------------|----------|
+/// | empty entry     | no-op, counts as applied |
+/// | `0x00`, `0x01`  | KV commands ([`KvRequest`]) |
+/// | `0x03..=0x07`   | the encryption applier; halts when none is installed |
+/// | anything else   | halts (including the reserved `0x02`) |
+///
+/// The effects of the KV entries in one [`apply`](Self::apply) call and the applied
+/// index are committed in one atomic, synced store batch.
+pub struct KvFsm {
+    store: Arc<dyn KvStore>,
+    encryption: Option<Applier>,
+    applied: u64,
+    halt: Option<Halt>,
+}
+
+impl std::fmt::Debug for KvFsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvFsm")
+            .field("store", &self.store.kind())
+            .field("encryption", &self.encryption.is_some())
+            .field("applied", &self.applied)
+            .field("halt", &self.halt)
+            .finish()
+    }
+}
+
+/// KV effects of the entries applied so far in one call, not yet committed, with a
+/// view of the newest pending value per key so later commands read earlier writes.
+struct Pending {
+    batch: WriteBatch,
+    overlay: HashMap<Vec<u8>, StoredValue>,
+}
+
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            batch: WriteBatch::new(),
+            overlay: HashMap::new(),
+        }
+    }
+}
+
+/// The user-level error replies, as Redis words them.
+const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+const ERR_OVERFLOW: &str = "ERR increment or decrement would overflow";
+const ERR_RESERVED: &str = "ERR key is in the reserved keyspace !encryption|";
+const ERR_ENCRYPTED: &str = "ERR value is encrypted and no storage key is loaded";
+
+impl KvFsm {
+    /// A state machine over `store`, resuming after the store's applied index.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the applied index cannot be read.
+    pub fn new(store: Arc<dyn KvStore>) -> Result<KvFsm, StoreError> {
+        let applied = store.applied_index()?;
+        Ok(KvFsm {
+            store,
+            encryption: None,
+            applied,
+            halt: None,
+        })
+    }
+
+    /// Installs the encryption applier: opcodes `0x03..=0x07` go to it instead of
+    /// halting.
+    pub fn with_encryption(mut self, applier: Applier) -> KvFsm {
+        self.encryption = Some(applier);
+        self
+    }
+
+    /// The encryption applier, when installed.
+    pub fn encryption(&self) -> Option<&Applier> {
+        self.encryption.as_ref()
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    /// The halt, once the state machine has halted.
+    pub fn halted(&self) -> Option<&Halt> {
+        self.halt.as_ref()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn KvStore> {
+        &self.store
+    }
+
+    /// Applies committed entries in index order. Entries at or below the applied
+    /// index are skipped as already applied (Raft may hand them over again after a
+    /// restart).
+    ///
+    /// # Errors
+    /// [`Halted`] when an entry cannot be applied: the effects of the entries before
+    /// it are committed with their applied index, the halting entry and everything
+    /// after it are not applied, and every later call fails with the same halt.
+    pub fn apply(&mut self, entries: &[Entry<'_>]) -> Result<Vec<EntryOutcome>, Halted> {
+        let mut outcomes = Vec::with_capacity(entries.len());
+        if let Some(halt) = &self.halt {
+            return Err(Halted {
+                halt: halt.clone(),
+                applied: outcomes,
+            });
+        }
+        let mut pending = Pending::new();
+        let mut next = self.applied;
+        for entry in entries {
+            if entry.index <= next {
+                continue;
+            }
+            let result = if entry.index != next + 1 {
+                Err(HaltCause::OutOfOrder {
+                    applied: next,
+                    got: entry.index,
+                })
+            } else {
+                self.apply_one(entry, &mut pending)
+            };
+            match result {
+                Ok(outcome) => {
+                    next = entry.index;
+                    pending.batch.set_applied_index(next);
+                    outcomes.push(EntryOutcome {
+                        index: entry.index,
+                        outcome,
+                    });
+                }
+                Err(cause) => {
+                    // Everything before the halting entry is applied and must become
+                    // durable; if even that fails, the halt still names this entry
+                    // and the restart replays from the durable index.
+                    let committed = self.flush(&mut pending, next);
+                    let halt = Halt {
+                        index: entry.index,
+                        opcode: entry.data.first().copied(),
+                        cause: Arc::new(cause),
+                    };
+                    tracing::error!(index = halt.index, opcode = ?halt.opcode, "{halt}");
+                    if let Err(e) = committed {
+                        tracing::error!(index = next, "commit entries before the halt: {e}");
+                        let durable = self.applied;
+                        outcomes.retain(|o| o.index <= durable);
+                    }
+                    self.halt = Some(halt.clone());
+                    return Err(Halted {
+                        halt,
+                        applied: outcomes,
+                    });
+                }
+            }
+        }
+        if let Err(e) = self.flush(&mut pending, next) {
+            // The batch did not land: the entries after the last durable index are not
+            // applied. Halt at the first of them; a restart replays it.
+            let durable = self.applied;
+            let first = entries
+                .iter()
+                .find(|e| e.index > durable)
+                .map_or(next, |e| e.index);
+            outcomes.retain(|o| o.index <= durable);
+            let halt = Halt {
+                index: first,
+                opcode: None,
+                cause: Arc::new(HaltCause::Storage(e)),
+            };
+            tracing::error!(index = halt.index, "{halt}");
+            self.halt = Some(halt.clone());
+            return Err(Halted {
+                halt,
+                applied: outcomes,
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// Commits the pending batch and moves the applied index to `applied`.
+    fn flush(&mut self, pending: &mut Pending, applied: u64) -> Result<(), StoreError> {
+        let done = std::mem::replace(pending, Pending::new());
+        self.store.commit(done.batch)?;
+        self.applied = applied;
+        Ok(())
+    }
+
+    fn apply_one(
+        &mut self,
+        entry: &Entry<'_>,
+        pending: &mut Pending,
+    ) -> Result<Outcome, HaltCause> {
+        let Some((&opcode, payload)) = entry.data.split_first() else {
+            return Ok(Outcome::Noop);
+        };
+        match opcode {
+            OP_KV | OP_KV_BATCH => {
+                let request = KvRequest::decode(opcode, payload)?;
+                let mut replies = Vec::with_capacity(request.commands.len());
+                for command in &request.commands {
+                    replies.push(self.execute(
+                        entry.index,
+                        request.issued_at_ms,
+                        command,
+                        pending,
+                    )?);
+                }
+                Ok(Outcome::Kv(replies))
+            }
+            op if is_encryption_opcode(op) => {
+                if self.encryption.is_none() {
+                    return Err(HaltCause::NoEncryption(op));
+                }
+                // Registry rows are synced by the applier itself; make every earlier
+                // entry's effects durable first so the registry never runs ahead of
+                // the entries before it.
+                self.flush(pending, entry.index - 1)?;
+                let applier = self
+                    .encryption
+                    .as_ref()
+                    .ok_or(HaltCause::NoEncryption(op))?;
+                Ok(Outcome::Encryption(applier.apply(
+                    entry.index,
+                    op,
+                    payload,
+                )?))
+            }
+            other => Err(HaltCause::UnknownOpcode(other)),
+        }
+    }
+
+    /// The live value of `key` at `now_ms`, looking at pending writes first.
+    fn live(
+        &self,
+        key: &[u8],
+        now_ms: u64,
+        pending: &Pending,
+    ) -> Result<Option<StoredValue>, StoreError> {
+        let value = match pending.overlay.get(key) {
+            Some(v) => Some(v.clone()),
+            None => self.store.get_at(key, u64::MAX)?.map(|v| v.value),
+        };
+        Ok(value.filter(|v| !v.header.tombstone && !v.header.is_expired_at(now_ms)))
+    }
+
+    fn write(
+        &self,
+        key: &[u8],
+        version: u64,
+        value: StoredValue,
+        pending: &mut Pending,
+    ) -> Result<(), StoreError> {
+        pending.batch.put(key, version, value.clone())?;
+        pending.overlay.insert(key.to_vec(), value);
+        Ok(())
+    }
+
+    fn execute(
+        &self,
+        version: u64,
+        now_ms: u64,
+        command: &Command,
+        pending: &mut Pending,
+    ) -> Result<Reply, HaltCause> {
+        let keys: Vec<&[u8]> = match command {
+            Command::Put { key, .. }
+            | Command::IncrBy { key, .. }
+            | Command::Expire { key, .. } => {
+                vec![key]
+            }
+            Command::Delete { keys } => keys.iter().map(Vec::as_slice).collect(),
+        };
+        if keys
+            .iter()
+            .any(|k| sealkv_encryption::registry::is_reserved_key(k))
+        {
+            return Ok(Reply::Error(ERR_RESERVED.to_string()));
+        }
+        match command {
+            Command::Put {
+                key,
+                value,
+                expire_at_ms,
+                condition,
+            } => {
+                let live = self.live(key, now_ms, pending)?.is_some();
+                let allowed = match condition {
+                    PutCondition::Always => true,
+                    PutCondition::IfAbsent => !live,
+                    PutCondition::IfPresent => live,
+                };
+                if !allowed {
+                    return Ok(Reply::Nil);
+                }
+                self.write(
+                    key,
+                    version,
+                    StoredValue::clear(value.clone(), *expire_at_ms),
+                    pending,
+                )?;
+                Ok(Reply::Ok)
+            }
+            Command::Delete { keys } => {
+                let mut deleted = 0i64;
+                for key in keys {
+                    if self.live(key, now_ms, pending)?.is_some() {
+                        self.write(key, version, StoredValue::tombstone(), pending)?;
+                        deleted += 1;
+                    }
+                }
+                Ok(Reply::Int(deleted))
+            }
+            Command::IncrBy { key, delta } => {
+                let current = self.live(key, now_ms, pending)?;
+                let (base, expire_at_ms) = match &current {
+                    None => (0i64, 0),
+                    Some(v) if v.header.encryption == EncryptionState::Encrypted => {
+                        return Ok(Reply::Error(ERR_ENCRYPTED.to_string()));
+                    }
+                    Some(v) => match parse_int(&v.body) {
+                        Some(n) => (n, v.header.expire_at_ms),
+                        None => return Ok(Reply::Error(ERR_NOT_INTEGER.to_string())),
+                    },
+                };
+                let Some(sum) = base.checked_add(*delta) else {
+                    return Ok(Reply::Error(ERR_OVERFLOW.to_string()));
+                };
+                let value = StoredValue::clear(sum.to_string().into_bytes(), expire_at_ms);
+                self.write(key, version, value, pending)?;
+                Ok(Reply::Int(sum))
+            }
+            Command::Expire { key, expire_at_ms } => {
+                let Some(mut value) = self.live(key, now_ms, pending)? else {
+                    return Ok(Reply::Int(0));
+                };
+                if *expire_at_ms <= now_ms {
+                    self.write(key, version, StoredValue::tombstone(), pending)?;
+                } else {
+                    value.header.expire_at_ms = *expire_at_ms;
+                    self.write(key, version, value, pending)?;
+                }
+                Ok(Reply::Int(1))
+            }
+        }
+    }
+
+    /// Reads the live value of `key` at `now_ms` from the committed store.
+    ///
+    /// # Errors
+    /// [`ReadError::Encrypted`] for an encrypted value (no storage key is loaded by
+    /// this version), [`ReadError::Storage`] when the store fails.
+    pub fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>, ReadError> {
+        let Some(version) = self.store.get_at(key, u64::MAX)? else {
+            return Ok(None);
+        };
+        let header = version.value.header;
+        if header.tombstone || header.is_expired_at(now_ms) {
+            return Ok(None);
+        }
+        match header.encryption {
+            EncryptionState::Clear => Ok(Some(version.value.body)),
+            EncryptionState::Encrypted => Err(ReadError::Encrypted(key.to_vec())),
+        }
+    }
+}
+
+/// Parses a value as Redis does for INCR: an optional `-` and decimal digits, no
+/// spaces, no `+`, no leading zeros, within i64.
+fn parse_int(bytes: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && text != "-0";
+    if !canonical {
+        return None;
+    }
+    text.parse().ok()
+}

@@ -1,0 +1,6 @@
+//! Integration tests of sealkv-kv: entry dispatch, replies, halts and the persisted
+//! applied index, over RocksDB in a temporary directory.
+
+mod commands;
+mod dispatch;
+mod support;

@@ -1,0 +1,104 @@
+//! sealkv's storage layer: the [`KvStore`] trait the state machine writes through,
+//! its RocksDB implementation ([`RocksStore`]) and an in-memory one for unit tests
+//! ([`MemoryStore`]), and the writer-registry glue ([`RocksWriterRegistry`]) that
+//! backs the encryption applier with durable RocksDB rows.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use sealkv_store::{KvStore, RocksStore, RocksStoreOptions, RocksWriterRegistry, WriteBatch};
+//! use sealkv_store::mvcc::StoredValue;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store: Arc<dyn KvStore> = Arc::new(RocksStore::open("/tmp/data", RocksStoreOptions::default())?);
+//! // The glue refuses any store it cannot back durably.
+//! let registry = RocksWriterRegistry::from_store(store.as_ref())?;
+//!
+//! let mut batch = WriteBatch::new();
+//! batch.put(b"k", 1, StoredValue::clear(b"v".to_vec(), 0))?;
+//! batch.set_applied_index(1);
+//! store.commit(batch)?; // atomic and synced
+//! assert_eq!(store.applied_index()?, 1);
+//! # drop(registry); Ok(()) }
+//! ```
+
+#![deny(clippy::indexing_slicing, clippy::panic)]
+
+mod batch;
+#[cfg(feature = "testing")]
+pub mod conformance;
+mod memory;
+pub mod mvcc;
+mod registry;
+mod rocks;
+
+use std::any::Any;
+
+pub use batch::{BatchOp, WriteBatch};
+pub use memory::MemoryStore;
+pub use registry::{RegistryGlueError, RocksWriterRegistry};
+pub use rocks::{RocksStore, RocksStoreOptions};
+
+use mvcc::Version;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A user write targets the reserved encryption keyspace (`!encryption|...`).
+    #[error(
+        "key {} is in the reserved keyspace !encryption|",
+        String::from_utf8_lossy(key)
+    )]
+    ReservedKey {
+        /// The refused key.
+        key: Vec<u8>,
+    },
+    /// Bytes read from disk do not have the shape they must have.
+    #[error("corrupt {what}: {reason}")]
+    Corrupt {
+        /// What was being decoded ("value header", "applied index").
+        what: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The storage engine failed.
+    #[error("storage engine failed to {op}")]
+    Backend {
+        /// What the store was doing, as a verb phrase.
+        op: &'static str,
+        /// The engine's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Result of a storage operation.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The state machine's storage: versioned user values and the applied index.
+///
+/// The protocol:
+///
+/// * [`commit`](Self::commit) applies a [`WriteBatch`] atomically: after a crash
+///   either every put and the applied index of the batch are visible, or none are.
+///   A store that is durable (RocksDB) syncs the batch before returning; the state
+///   machine relies on this to persist its applied index together with the effects
+///   of the entries it applied.
+/// * [`get_at`](Self::get_at) returns the newest version of a key whose commit
+///   version is at most `at` (use `u64::MAX` for the latest), tombstones included.
+///   `None` means the key has no such version.
+/// * [`applied_index`](Self::applied_index) is `0` on a fresh store.
+/// * A store is `Any` so that glue code can tell which implementation it holds and
+///   refuse the ones it cannot back (see [`RocksWriterRegistry::from_store`]).
+pub trait KvStore: Any + Send + Sync {
+    /// A short name of the implementation, for errors and status ("rocksdb", "memory").
+    fn kind(&self) -> &'static str;
+
+    /// The newest version of `key` with commit version `<= at`.
+    fn get_at(&self, key: &[u8], at: u64) -> Result<Option<Version>>;
+
+    /// The last applied Raft index persisted by [`commit`](Self::commit).
+    fn applied_index(&self) -> Result<u64>;
+
+    /// Applies `batch` atomically (and durably, for a durable store).
+    fn commit(&self, batch: WriteBatch) -> Result<()>;
+}

@@ -1,0 +1,76 @@
+//! [`MemoryStore`]: a [`KvStore`] held in memory, for unit tests only. It is not
+//! durable, and the writer-registry glue refuses it.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::mvcc::{StoredValue, Version};
+use crate::{BatchOp, KvStore, Result, WriteBatch};
+
+#[derive(Debug, Default)]
+struct Inner {
+    versions: BTreeMap<(Vec<u8>, Reverse<u64>), StoredValue>,
+    applied_index: u64,
+}
+
+/// An in-memory [`KvStore`] for unit tests.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // Every mutation below completes without panicking, so a poisoned lock still
+        // guards consistent data.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl KvStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn get_at(&self, key: &[u8], at: u64) -> Result<Option<Version>> {
+        let inner = self.inner();
+        let found = inner
+            .versions
+            .range((key.to_vec(), Reverse(at))..)
+            .next()
+            .filter(|((k, _), _)| k.as_slice() == key)
+            .map(|((_, Reverse(v)), value)| Version {
+                commit_version: *v,
+                value: value.clone(),
+            });
+        Ok(found)
+    }
+
+    fn applied_index(&self) -> Result<u64> {
+        Ok(self.inner().applied_index)
+    }
+
+    fn commit(&self, batch: WriteBatch) -> Result<()> {
+        let mut inner = self.inner();
+        for op in batch.ops() {
+            let BatchOp::Put {
+                key,
+                commit_version,
+                value,
+            } = op;
+            inner
+                .versions
+                .insert((key.clone(), Reverse(*commit_version)), value.clone());
+        }
+        if let Some(index) = batch.applied_index() {
+            inner.applied_index = index;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,209 @@
+//! [`RocksStore`]: the RocksDB [`KvStore`].
+//!
+//! One RocksDB database per node, with one column family per keyspace so that no
+//! user key can ever reach another keyspace's rows:
+//!
+//! | column family | holds |
+//! |---------------|-------|
+//! | `data`        | MVCC user values, keyed by [`mvcc::physical_key`] |
+//! | `meta`        | the applied index (`applied_index` → u64 BE) |
+//! | `registry`    | writer-registry rows, keyed by the 27-byte registry key |
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteOptions};
+
+use crate::mvcc::{self, StoredValue, Version};
+use crate::{BatchOp, KvStore, Result, StoreError, WriteBatch};
+
+pub(crate) const CF_DATA: &str = "data";
+pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_REGISTRY: &str = "registry";
+const COLUMN_FAMILIES: [&str; 3] = [CF_DATA, CF_META, CF_REGISTRY];
+
+const APPLIED_INDEX_KEY: &[u8] = b"applied_index";
+
+/// How a [`RocksStore`] is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RocksStoreOptions {
+    /// Sync every commit to stable storage before it returns (default `true`).
+    ///
+    /// Turning this off makes commits faster and a crash able to lose acknowledged
+    /// writes; the writer-registry glue refuses such a store.
+    pub sync_writes: bool,
+    /// Create the database when it does not exist (default `true`).
+    pub create_if_missing: bool,
+}
+
+impl Default for RocksStoreOptions {
+    fn default() -> Self {
+        RocksStoreOptions {
+            sync_writes: true,
+            create_if_missing: true,
+        }
+    }
+}
+
+/// A [`KvStore`] on RocksDB.
+pub struct RocksStore {
+    db: Arc<DB>,
+    path: PathBuf,
+    options: RocksStoreOptions,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("path", &self.path)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn backend(op: &'static str, e: rocksdb::Error) -> StoreError {
+    StoreError::Backend {
+        op,
+        source: Box::new(e),
+    }
+}
+
+pub(crate) fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a ColumnFamily> {
+    db.cf_handle(name).ok_or_else(|| StoreError::Corrupt {
+        what: "database",
+        reason: format!("column family {name} is missing"),
+    })
+}
+
+impl RocksStore {
+    /// Opens (or creates) the database at `path`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when RocksDB cannot open it, for example because another
+    /// process holds its lock; [`StoreError::Corrupt`] when a column family is missing.
+    pub fn open(path: impl AsRef<Path>, options: RocksStoreOptions) -> Result<RocksStore> {
+        let path = path.as_ref().to_path_buf();
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(options.create_if_missing);
+        db_opts.create_missing_column_families(true);
+        let cfs = COLUMN_FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&db_opts, &path, cfs).map_err(|e| backend("open", e))?;
+        for name in COLUMN_FAMILIES {
+            cf(&db, name)?;
+        }
+        Ok(RocksStore {
+            db: Arc::new(db),
+            path,
+            options,
+        })
+    }
+
+    /// The directory of the database.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &RocksStoreOptions {
+        &self.options
+    }
+
+    /// Flushes every column family's memtable to SST files (for tests and tools that
+    /// inspect the files on disk).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the flush fails.
+    pub fn flush(&self) -> Result<()> {
+        for name in COLUMN_FAMILIES {
+            self.db
+                .flush_cf(cf(&self.db, name)?)
+                .map_err(|e| backend("flush", e))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    fn write_options(&self) -> WriteOptions {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(self.options.sync_writes);
+        opts
+    }
+}
+
+impl KvStore for RocksStore {
+    fn kind(&self) -> &'static str {
+        "rocksdb"
+    }
+
+    fn get_at(&self, key: &[u8], at: u64) -> Result<Option<Version>> {
+        let data = cf(&self.db, CF_DATA)?;
+        let prefix = mvcc::encode_user_key(key);
+        let mut iter = self.db.raw_iterator_cf(data);
+        // Versions sort newest first (!version), so the first entry at or after
+        // key ‖ !at is the newest version <= at, if it still belongs to `key`.
+        iter.seek(mvcc::physical_key(key, at));
+        let Some((found, value)) = iter.item() else {
+            iter.status().map_err(|e| backend("read value", e))?;
+            return Ok(None);
+        };
+        if !found.starts_with(&prefix) {
+            return Ok(None);
+        }
+        let (_, commit_version) = mvcc::decode_physical_key(found)?;
+        Ok(Some(Version {
+            commit_version,
+            value: StoredValue::decode(value)?,
+        }))
+    }
+
+    fn applied_index(&self) -> Result<u64> {
+        let meta = cf(&self.db, CF_META)?;
+        let Some(raw) = self
+            .db
+            .get_pinned_cf(meta, APPLIED_INDEX_KEY)
+            .map_err(|e| backend("read applied index", e))?
+        else {
+            return Ok(0);
+        };
+        let bytes: [u8; 8] = raw.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            what: "applied index",
+            reason: format!("{} bytes, want 8", raw.len()),
+        })?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+
+    fn commit(&self, batch: WriteBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let data = cf(&self.db, CF_DATA)?;
+        let mut wb = rocksdb::WriteBatch::default();
+        for op in batch.ops() {
+            let BatchOp::Put {
+                key,
+                commit_version,
+                value,
+            } = op;
+            wb.put_cf(
+                data,
+                mvcc::physical_key(key, *commit_version),
+                value.encode(),
+            );
+        }
+        if let Some(index) = batch.applied_index() {
+            wb.put_cf(
+                cf(&self.db, CF_META)?,
+                APPLIED_INDEX_KEY,
+                index.to_be_bytes(),
+            );
+        }
+        self.db
+            .write_opt(wb, &self.write_options())
+            .map_err(|e| backend("commit batch", e))
+    }
+}

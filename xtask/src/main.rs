@@ -1,0 +1,269 @@
+//! sealkv's build automation: `cargo xtask <task>`.
+//!
+//! * `ci` — what CI runs: system prerequisites, format, clippy, tests, docs, layering.
+//! * `prereqs` — check (and on Debian as root, install) the system packages the
+//!   RocksDB build needs.
+//! * `layering` — fail if a low-level crate depends on a heavy one.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Crates that must stay free of storage, async runtime and consensus dependencies,
+/// and what they must not pull in (DESIGN.md §2).
+const LAYERING: &[(&str, &[&str])] = &[
+    (
+        "sealkv-fsmwire",
+        &["rocksdb", "librocksdb-sys", "tokio", "raft", "raft-proto"],
+    ),
+    (
+        "sealkv-encryption",
+        &["rocksdb", "librocksdb-sys", "tokio", "raft", "raft-proto"],
+    ),
+    ("sealkv-store", &["tokio", "raft", "raft-proto"]),
+    ("sealkv-kv", &["tokio", "raft", "raft-proto"]),
+];
+
+/// Workspace crates and the workspace crates each may depend on: dependencies point
+/// one way, fsmwire ← encryption ← store ← kv ← node.
+const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
+    ("sealkv-fsmwire", &[]),
+    ("sealkv-encryption", &["sealkv-fsmwire"]),
+    ("sealkv-store", &["sealkv-fsmwire", "sealkv-encryption"]),
+    (
+        "sealkv-kv",
+        &["sealkv-fsmwire", "sealkv-encryption", "sealkv-store"],
+    ),
+    (
+        "sealkv-node",
+        &[
+            "sealkv-fsmwire",
+            "sealkv-encryption",
+            "sealkv-store",
+            "sealkv-kv",
+        ],
+    ),
+];
+
+fn main() -> anyhow::Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    match task.as_str() {
+        "ci" => ci(),
+        "prereqs" => prereqs(),
+        "layering" => layering(),
+        _ => {
+            eprintln!("usage: cargo xtask <ci|prereqs|layering>");
+            eprintln!(
+                "  ci        prerequisites, fmt, clippy, tests, docs, layering (what CI runs)"
+            );
+            eprintln!("  prereqs   check or install libclang and a C++ compiler for RocksDB");
+            eprintln!("  layering  check that low-level crates do not depend on heavy ones");
+            bail!("unknown task {task:?}")
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn run(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("==> {what}");
+    let status = cmd.status().with_context(|| format!("spawn {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn ci() -> anyhow::Result<()> {
+    prereqs()?;
+    run(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--", "--check"]),
+    )?;
+    layering()?;
+    run(
+        "cargo clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run("cargo test", cargo().args(["test", "--workspace"]))?;
+    run(
+        "cargo doc",
+        cargo()
+            .args([
+                "doc",
+                "--workspace",
+                "--no-deps",
+                "--document-private-items",
+            ])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    eprintln!("==> ci passed");
+    Ok(())
+}
+
+/// Where a libclang shared object may live on Debian-like systems.
+fn find_libclang() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("LIBCLANG_PATH") {
+        return Some(PathBuf::from(dir));
+    }
+    let roots = [
+        "/usr/lib",
+        "/usr/lib64",
+        "/usr/local/lib",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+    ];
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("libclang.so")
+                || name.starts_with("libclang-") && name.contains(".so")
+            {
+                return Some(path);
+            }
+            if name.starts_with("llvm-") {
+                let lib = path.join("lib");
+                if let Ok(libs) = std::fs::read_dir(&lib) {
+                    for l in libs.flatten() {
+                        let n = l.file_name().to_string_lossy().into_owned();
+                        if n.starts_with("libclang.so")
+                            || n.starts_with("libclang-") && n.contains(".so")
+                        {
+                            return Some(l.path());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// Checks for libclang (bindgen) and a C++ compiler (RocksDB); installs them with apt
+/// on Debian when running as root, otherwise prints the command to run.
+fn prereqs() -> anyhow::Result<()> {
+    const PACKAGES: &[&str] = &["libclang-dev", "clang", "g++", "make"];
+    let missing_clang = find_libclang().is_none();
+    let missing_cxx = !have("c++") && !have("g++");
+    if !missing_clang && !missing_cxx {
+        eprintln!("==> prerequisites present (libclang, C++ compiler)");
+        return Ok(());
+    }
+    let install = format!(
+        "apt-get update && apt-get install -y {}",
+        PACKAGES.join(" ")
+    );
+    if is_root() && have("apt-get") {
+        eprintln!("==> installing prerequisites: {install}");
+        run("apt-get update", Command::new("apt-get").arg("update"))?;
+        run(
+            "apt-get install",
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(PACKAGES)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        if find_libclang().is_none() {
+            bail!("libclang still not found after install; set LIBCLANG_PATH");
+        }
+        return Ok(());
+    }
+    bail!("RocksDB's build needs libclang and a C++ compiler; install them with: sudo {install}")
+}
+
+/// Fails if a crate pulls in a forbidden dependency, or a workspace crate depends on a
+/// crate above it.
+fn layering() -> anyhow::Result<()> {
+    eprintln!("==> layering");
+    let mut problems = Vec::new();
+    for (krate, forbidden) in LAYERING {
+        for dep in tree(krate, "normal,build")? {
+            if forbidden.contains(&dep.as_str()) {
+                problems.push(format!("{krate} depends on {dep}"));
+            }
+        }
+    }
+    for (krate, allowed) in ALLOWED_INTERNAL {
+        for dep in tree(krate, "normal,build")? {
+            if dep.starts_with("sealkv-") && dep != *krate && !allowed.contains(&dep.as_str()) {
+                problems.push(format!("{krate} depends on {dep}, which is not below it"));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        bail!("layering violated:\n  {}", problems.join("\n  "));
+    }
+    eprintln!(
+        "    {} crates checked",
+        LAYERING.len() + ALLOWED_INTERNAL.len()
+    );
+    Ok(())
+}
+
+/// The names of every package in `krate`'s dependency tree of the given kinds.
+fn tree(krate: &str, edges: &str) -> anyhow::Result<Vec<String>> {
+    let out = cargo()
+        .args([
+            "tree",
+            "--quiet",
+            "--package",
+            krate,
+            "--edges",
+            edges,
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .output()
+        .with_context(|| format!("run cargo tree for {krate}"))?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree for {krate} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8(out.stdout).context("cargo tree output is not UTF-8")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect())
+}
