@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use sealkv_encryption::WriterRegistryStore;
 use sealkv_encryption::applier::Applier;
 use sealkv_kv::KvFsm;
 use sealkv_store::{KvStore, RocksStore, RocksStoreOptions, RocksWriterRegistry};
