@@ -4,11 +4,14 @@
 //! * `prereqs` — check (and on Debian as root, install) the system packages the
 //!   RocksDB build needs.
 //! * `layering` — fail if a low-level crate depends on a heavy one.
+//! * `cluster` — build `sealkv` and run a local three-node cluster.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
+
+mod cluster;
 
 /// Crates that must stay free of storage, async runtime and consensus dependencies,
 /// and what they must not pull in (DESIGN.md §2).
@@ -52,13 +55,15 @@ fn main() -> anyhow::Result<()> {
         "ci" => ci(),
         "prereqs" => prereqs(),
         "layering" => layering(),
+        "cluster" => cluster::cluster(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
-            eprintln!("usage: cargo xtask <ci|prereqs|layering>");
+            eprintln!("usage: cargo xtask <ci|prereqs|layering|cluster>");
             eprintln!(
                 "  ci        prerequisites, fmt, clippy, tests, docs, layering (what CI runs)"
             );
             eprintln!("  prereqs   check or install libclang and a C++ compiler for RocksDB");
             eprintln!("  layering  check that low-level crates do not depend on heavy ones");
+            eprintln!("  cluster   run a local three-node cluster (--fresh: empty data dirs)");
             bail!("unknown task {task:?}")
         }
     }
@@ -139,9 +144,7 @@ fn find_libclang() -> Option<PathBuf> {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("libclang.so")
-                || name.starts_with("libclang-") && name.contains(".so")
-            {
+            if is_libclang(&name) {
                 return Some(path);
             }
             if name.starts_with("llvm-") {
@@ -149,9 +152,7 @@ fn find_libclang() -> Option<PathBuf> {
                 if let Ok(libs) = std::fs::read_dir(&lib) {
                     for l in libs.flatten() {
                         let n = l.file_name().to_string_lossy().into_owned();
-                        if n.starts_with("libclang.so")
-                            || n.starts_with("libclang-") && n.contains(".so")
-                        {
+                        if is_libclang(&n) {
                             return Some(l.path());
                         }
                     }
@@ -160,6 +161,17 @@ fn find_libclang() -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// Whether a file name is a libclang shared object bindgen can load: `libclang.so*`
+/// or a versioned `libclang-14.so*`, but not `libclang-cpp.so*` (the C++ interface
+/// library, which Debian installs without libclang and bindgen cannot use).
+fn is_libclang(name: &str) -> bool {
+    if name.starts_with("libclang.so") {
+        return true;
+    }
+    name.strip_prefix("libclang-")
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()) && rest.contains(".so"))
 }
 
 fn have(program: &str) -> bool {
@@ -266,4 +278,29 @@ fn tree(krate: &str, edges: &str) -> anyhow::Result<Vec<String>> {
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_libclang;
+
+    #[test]
+    fn libclang_names() {
+        for name in [
+            "libclang.so",
+            "libclang.so.1",
+            "libclang-14.so.1",
+            "libclang-14.so",
+        ] {
+            assert!(is_libclang(name), "{name}");
+        }
+        for name in [
+            "libclang-cpp.so.14",
+            "libclang-cpp.so",
+            "libclangBasic.a",
+            "libc.so",
+        ] {
+            assert!(!is_libclang(name), "{name}");
+        }
+    }
 }

@@ -44,6 +44,12 @@ fn glue_refuses_an_unknown_store() {
         fn commit(&self, batch: sealkv_store::WriteBatch) -> sealkv_store::Result<()> {
             self.0.commit(batch)
         }
+        fn scan_latest(
+            &self,
+            visit: &mut dyn FnMut(&[u8], &sealkv_store::mvcc::Version) -> bool,
+        ) -> sealkv_store::Result<()> {
+            self.0.scan_latest(visit)
+        }
     }
     let err = RocksWriterRegistry::from_store(&Other(MemoryStore::new())).expect_err("other store");
     assert_eq!(err, RegistryGlueError::NotDurable { kind: "other" });
@@ -110,8 +116,11 @@ fn corrupt_row_is_an_error() {
         node_id16: 2,
     };
     {
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
         let db = rocksdb::DB::open_cf(
-            &rocksdb::Options::default(),
+            &options,
             dir.path(),
             ["data", "meta", "registry"],
         )
