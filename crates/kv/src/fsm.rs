@@ -217,6 +217,16 @@ impl KvFsm {
         self.applied
     }
 
+    /// Re-reads the applied index from the store, after the store's contents were
+    /// replaced under the state machine (a Raft snapshot was installed). Returns it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the applied index cannot be read.
+    pub fn reload_applied_index(&mut self) -> Result<u64, StoreError> {
+        self.applied = self.store.applied_index()?;
+        Ok(self.applied)
+    }
+
     /// The halt, once the state machine has halted.
     pub fn halted(&self) -> Option<&Halt> {
         self.halt.as_ref()
@@ -487,6 +497,51 @@ impl KvFsm {
     /// [`ReadError::Encrypted`] for an encrypted value (no storage key is loaded by
     /// this version), [`ReadError::Storage`] when the store fails.
     pub fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>, ReadError> {
+        Ok(self.reader().get(key, now_ms)?.map(|v| v.value))
+    }
+
+    /// A reader of the committed store, usable from other threads while the state
+    /// machine applies.
+    pub fn reader(&self) -> Reader {
+        Reader::new(Arc::clone(&self.store))
+    }
+}
+
+/// A live user value and its expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveValue {
+    /// The value.
+    pub value: Vec<u8>,
+    /// Absolute expiry in ms since the Unix epoch; `0` means none.
+    pub expire_at_ms: u64,
+}
+
+/// Reads committed user values. It sees what the state machine has committed, so a
+/// caller that needs a linearizable read first waits until the state machine has
+/// applied the read index.
+#[derive(Clone)]
+pub struct Reader {
+    store: Arc<dyn KvStore>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("store", &self.store.kind()).finish()
+    }
+}
+
+impl Reader {
+    /// A reader over `store`.
+    pub fn new(store: Arc<dyn KvStore>) -> Reader {
+        Reader { store }
+    }
+
+    /// The live value of `key` at `now_ms`: `None` when absent, deleted or expired.
+    ///
+    /// # Errors
+    /// [`ReadError::Encrypted`] for an encrypted value (no storage key is loaded by
+    /// this version), [`ReadError::Storage`] when the store fails.
+    pub fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<LiveValue>, ReadError> {
         let Some(version) = self.store.get_at(key, u64::MAX)? else {
             return Ok(None);
         };
@@ -495,9 +550,29 @@ impl KvFsm {
             return Ok(None);
         }
         match header.encryption {
-            EncryptionState::Clear => Ok(Some(version.value.body)),
+            EncryptionState::Clear => Ok(Some(LiveValue {
+                value: version.value.body,
+                expire_at_ms: header.expire_at_ms,
+            })),
             EncryptionState::Encrypted => Err(ReadError::Encrypted(key.to_vec())),
         }
+    }
+
+    /// How many keys have a live value at `now_ms` (Redis `DBSIZE`). It scans every
+    /// key, so it costs time in proportion to the keyspace.
+    ///
+    /// # Errors
+    /// [`ReadError::Storage`] when the store fails.
+    pub fn count_live(&self, now_ms: u64) -> Result<u64, ReadError> {
+        let mut count = 0u64;
+        self.store.scan_latest(&mut |_, version| {
+            let header = version.value.header;
+            if !header.tombstone && !header.is_expired_at(now_ms) {
+                count += 1;
+            }
+            true
+        })?;
+        Ok(count)
     }
 }
 

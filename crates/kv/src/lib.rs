@@ -37,4 +37,7 @@ pub use command::{
     COMMAND_VERSION, Command, CommandError, KvRequest, OP_KV, OP_KV_BATCH, OP_RESERVED_HLC,
     PutCondition,
 };
-pub use fsm::{Entry, EntryOutcome, Halt, HaltCause, Halted, KvFsm, Outcome, ReadError, Reply};
+pub use fsm::{
+    Entry, EntryOutcome, Halt, HaltCause, Halted, KvFsm, LiveValue, Outcome, ReadError, Reader,
+    Reply,
+};

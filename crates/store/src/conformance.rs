@@ -106,4 +106,33 @@ pub fn kv_store_conformance<S: KvStore>(fresh: impl Fn() -> S) {
     batch
         .put(b"!encryption", 1, StoredValue::clear(b"v".to_vec(), 0))
         .expect("near miss");
+
+    // scan_latest visits the newest version of every key once, in key order,
+    // tombstones included, and stops when asked.
+    let s = fresh();
+    put(&s, b"b", 3, StoredValue::clear(b"b3".to_vec(), 0));
+    put(&s, b"a", 1, StoredValue::clear(b"a1".to_vec(), 0));
+    put(&s, b"a", 4, StoredValue::clear(b"a4".to_vec(), 0));
+    put(&s, b"a\x00", 2, StoredValue::clear(b"a0".to_vec(), 0));
+    put(&s, b"c", 5, StoredValue::tombstone());
+    let mut seen = Vec::new();
+    s.scan_latest(&mut |key, version| {
+        seen.push((key.to_vec(), version.commit_version, version.value.header.tombstone));
+        true
+    })
+    .expect("scan");
+    let want: Vec<(Vec<u8>, u64, bool)> = vec![
+        (b"a".to_vec(), 4, false),
+        (b"a\x00".to_vec(), 2, false),
+        (b"b".to_vec(), 3, false),
+        (b"c".to_vec(), 5, true),
+    ];
+    assert_eq!(seen, want);
+    let mut count = 0;
+    s.scan_latest(&mut |_, _| {
+        count += 1;
+        count < 2
+    })
+    .expect("scan");
+    assert_eq!(count, 2, "scan did not stop when asked");
 }

@@ -101,4 +101,9 @@ pub trait KvStore: Any + Send + Sync {
 
     /// Applies `batch` atomically (and durably, for a durable store).
     fn commit(&self, batch: WriteBatch) -> Result<()>;
+
+    /// Calls `visit` with the newest version of every user key, in key order,
+    /// tombstones included, from one consistent view of the store. `visit` returns
+    /// `false` to stop early.
+    fn scan_latest(&self, visit: &mut dyn FnMut(&[u8], &Version) -> bool) -> Result<()>;
 }

@@ -56,6 +56,25 @@ impl KvStore for MemoryStore {
         Ok(self.inner().applied_index)
     }
 
+    fn scan_latest(&self, visit: &mut dyn FnMut(&[u8], &Version) -> bool) -> Result<()> {
+        let inner = self.inner();
+        let mut previous: Option<&[u8]> = None;
+        for ((key, Reverse(commit_version)), value) in &inner.versions {
+            if previous == Some(key.as_slice()) {
+                continue;
+            }
+            previous = Some(key.as_slice());
+            let version = Version {
+                commit_version: *commit_version,
+                value: value.clone(),
+            };
+            if !visit(key, &version) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn commit(&self, batch: WriteBatch) -> Result<()> {
         let mut inner = self.inner();
         for op in batch.ops() {

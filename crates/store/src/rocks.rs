@@ -177,6 +177,30 @@ impl KvStore for RocksStore {
         Ok(u64::from_be_bytes(bytes))
     }
 
+    fn scan_latest(&self, visit: &mut dyn FnMut(&[u8], &Version) -> bool) -> Result<()> {
+        let data = cf(&self.db, CF_DATA)?;
+        // The iterator reads one implicit snapshot of the database.
+        let mut iter = self.db.raw_iterator_cf(data);
+        iter.seek_to_first();
+        let mut previous: Option<Vec<u8>> = None;
+        while let Some((physical, raw)) = iter.item() {
+            let (user_key, commit_version) = mvcc::decode_physical_key(physical)?;
+            // Versions of one key sort newest first: the first one seen is the newest.
+            if previous.as_deref() != Some(user_key.as_slice()) {
+                let version = Version {
+                    commit_version,
+                    value: StoredValue::decode(raw)?,
+                };
+                if !visit(&user_key, &version) {
+                    return Ok(());
+                }
+                previous = Some(user_key);
+            }
+            iter.next();
+        }
+        iter.status().map_err(|e| backend("scan values", e))
+    }
+
     fn commit(&self, batch: WriteBatch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());

@@ -207,3 +207,34 @@ fn truncations_and_lying_lengths_are_malformed() {
         Err(CommandError::Malformed(_))
     ));
 }
+
+/// The reader sees committed values with their expiry, counts live keys the way
+/// DBSIZE does, and follows the store after its applied index is reloaded.
+#[test]
+fn reader_gets_and_counts_live_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut fsm = open_fsm(dir.path());
+    let reader = fsm.reader();
+    replies(
+        &mut fsm,
+        vec![
+            set("a", "1"),
+            put("b", "2", NOW + 1_000, PutCondition::Always),
+            set("c", "3"),
+            Command::Delete {
+                keys: vec![b"c".to_vec()],
+            },
+        ],
+    );
+    let a = reader.get(b"a", NOW).expect("get a").expect("a is live");
+    assert_eq!((a.value.as_slice(), a.expire_at_ms), (&b"1"[..], 0));
+    let b = reader.get(b"b", NOW).expect("get b").expect("b is live");
+    assert_eq!(b.expire_at_ms, NOW + 1_000);
+    assert_eq!(reader.get(b"b", NOW + 1_000).expect("get b"), None, "expired");
+    assert_eq!(reader.get(b"c", NOW).expect("get c"), None, "deleted");
+    assert_eq!(reader.count_live(NOW).expect("count"), 2);
+    assert_eq!(reader.count_live(NOW + 1_000).expect("count"), 1);
+
+    let applied = fsm.applied_index();
+    assert_eq!(fsm.reload_applied_index().expect("reload"), applied);
+}
