@@ -526,7 +526,9 @@ pub struct Reader {
 
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader").field("store", &self.store.kind()).finish()
+        f.debug_struct("Reader")
+            .field("store", &self.store.kind())
+            .finish()
     }
 }
 

@@ -1,15 +1,24 @@
-//! The node's startup sequence (DESIGN.md §8): store → writer-registry glue →
-//! applier → state machine with encryption. Each step is logged; a failure names its
-//! step, and dropping the partly built node releases what the earlier steps opened.
+//! The node's startup sequence (DESIGN.md §8): lock the data dir → open the store →
+//! writer-registry glue → applier → state machine with encryption → Raft log and
+//! driver → listeners (Raft peers, Redis protocol, admin HTTP). Each step is logged;
+//! a failure names its step, and dropping what was built releases it.
 
-use std::fmt;
-use std::path::PathBuf;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use sealkv_encryption::applier::Applier;
 use sealkv_kv::KvFsm;
-use sealkv_store::{KvStore, RocksStore, RocksStoreOptions, RocksWriterRegistry};
+use sealkv_store::{KvStore, RaftLog, RocksStore, RocksStoreOptions, RocksWriterRegistry};
+use tokio::net::TcpListener;
+
+use crate::admin::{self, Addresses, AdminState};
+use crate::backend::NodeBackend;
+use crate::consensus::{self, DriverConfig, PeerBook, RaftHandle, transport};
+use crate::metrics::Metrics;
 
 /// What the node is started with.
 #[derive(Debug, Clone)]
@@ -18,37 +27,96 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The node's id.
     pub id: u64,
+    /// Where Raft peers connect.
+    pub raft_addr: String,
+    /// Where Redis clients connect.
+    pub redis_addr: String,
+    /// Where the admin HTTP endpoint listens.
+    pub admin_addr: String,
+    /// The initial cluster, `id=raft_addr` for every member; empty means a single
+    /// node cluster of this node alone.
+    pub peers: PeerBook,
+    /// Join an existing cluster instead of forming one: start with no membership
+    /// and wait for the leader (after `sealkv cluster add-node`).
+    pub join: bool,
+    /// The Raft driver's timing and compaction.
+    pub raft: RaftTuning,
 }
 
-/// A started node: today, its state machine.
-pub struct Node {
-    config: Config,
+/// Raft timing and log compaction.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    /// Length of one tick.
+    pub tick: Duration,
+    /// Ticks before a follower without a leader campaigns.
+    pub election_ticks: usize,
+    /// Ticks between heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Applied entries in the log that trigger a compaction.
+    pub compact_threshold: u64,
+    /// Applied entries kept after a compaction.
+    pub compact_keep: u64,
+    /// How long a client waits for a write or a linearizable read.
+    pub request_timeout: Duration,
+}
+
+/// The first steps, up to the state machine: what exists before Raft starts.
+pub struct Opened {
+    _lock: File,
+    store: Arc<RocksStore>,
     fsm: KvFsm,
 }
 
-impl Node {
-    /// Runs the startup sequence.
-    pub fn start(config: &Config) -> anyhow::Result<Node> {
+/// Takes the data directory's lock file, so a second process is refused before it
+/// touches anything.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+    let path = data_dir.join("LOCK");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("lock data dir: open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "lock data dir {}: another sealkv process is using it",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("lock data dir {}", data_dir.display()))
+        }
+    }
+}
+
+impl Opened {
+    /// Runs the steps up to the state machine with encryption.
+    ///
+    /// # Errors
+    /// The failing step, named.
+    pub fn open(config: &Config) -> anyhow::Result<Opened> {
         let db_dir = config.data_dir.join("db");
         tracing::info!(node = config.id, data_dir = %config.data_dir.display(), "starting");
 
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+        let lock = lock_data_dir(&config.data_dir)?;
 
-        let store: Arc<dyn KvStore> = Arc::new(
+        let store = Arc::new(
             RocksStore::open(&db_dir, RocksStoreOptions::default())
                 .with_context(|| format!("open store at {}", db_dir.display()))?,
         );
         tracing::info!(step = 1, path = %db_dir.display(), "opened store");
 
-        let registry = RocksWriterRegistry::from_store(store.as_ref())
+        let as_kv: Arc<dyn KvStore> = Arc::clone(&store) as Arc<dyn KvStore>;
+        let registry = RocksWriterRegistry::from_store(as_kv.as_ref())
             .context("build writer-registry glue")?;
         tracing::info!(step = 2, "built writer-registry glue");
 
         let applier = Applier::new(Arc::new(registry));
         tracing::info!(step = 3, kek = "not configured", "built encryption applier");
 
-        let fsm = KvFsm::new(store)
+        let fsm = KvFsm::new(as_kv)
             .context("build state machine")?
             .with_encryption(applier);
         tracing::info!(
@@ -56,48 +124,189 @@ impl Node {
             applied_index = fsm.applied_index(),
             "built state machine with encryption"
         );
-
-        Ok(Node {
-            config: config.clone(),
+        Ok(Opened {
+            _lock: lock,
+            store,
             fsm,
         })
     }
+}
 
-    /// What the node found on disk.
-    pub fn report(&self) -> anyhow::Result<Report> {
-        let registry_rows = self
-            .fsm
-            .encryption()
-            .map(|a| a.registry().list_writers())
-            .transpose()
-            .context("list writer registry")?
-            .map_or(0, |rows| rows.len());
-        Ok(Report {
-            id: self.config.id,
-            data_dir: self.config.data_dir.clone(),
-            applied_index: self.fsm.applied_index(),
-            registry_rows,
-        })
+async fn bind(what: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listen for {what} on {addr} (--{what}-addr)"))
+}
+
+/// A running node: what the listeners and the shutdown path need.
+pub struct Running {
+    /// The Raft driver.
+    pub raft: RaftHandle,
+    driver: std::thread::JoinHandle<Result<(), consensus::DriverError>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Where it listens (the bound addresses, ports resolved).
+    pub addresses: Addresses,
+    _opened_lock: File,
+}
+
+fn slog_logger() -> slog::Logger {
+    use slog::Drain;
+    let drain = tracing_slog::TracingSlogDrain.fuse();
+    slog::Logger::root(drain, slog::o!())
+}
+
+/// Runs the Raft and listener steps over what [`Opened::open`] built.
+///
+/// # Errors
+/// The failing step, named.
+pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
+    let Opened { _lock, store, fsm } = opened;
+    let raft_listener = bind("raft", &config.raft_addr).await?;
+    let log = RaftLog::open(&store).context("open raft log")?;
+    if consensus::recover_pending_snapshot(&config.data_dir, &store, &log)
+        .context("finish installing a snapshot received before a crash")?
+    {
+        tracing::info!("finished installing a snapshot received before a crash");
     }
+    let mut peers =
+        PeerBook::load(&PeerBook::path_in(&config.data_dir)).context("load peers file")?;
+    let mut flag_peers = config.peers.clone();
+    if flag_peers.is_empty() {
+        flag_peers.set(config.id, Some(config.raft_addr.clone()));
+    }
+    peers.merge(&flag_peers);
+    let initial_voters = if config.join {
+        Vec::new()
+    } else {
+        flag_peers.ids()
+    };
+    if !config.join && !initial_voters.contains(&config.id) {
+        bail!(
+            "start raft: --peers does not list this node's id {} (use --join to join an existing cluster)",
+            config.id
+        );
+    }
+    let metrics = Arc::new(Metrics::new().context("register metrics")?);
+    let transport = transport::Transport::new(config.id, tokio::runtime::Handle::current());
+    let fsm_reader = fsm.reader();
+    let (raft, driver) = consensus::spawn(
+        DriverConfig {
+            id: config.id,
+            data_dir: config.data_dir.clone(),
+            tick: config.raft.tick,
+            election_ticks: config.raft.election_ticks,
+            heartbeat_ticks: config.raft.heartbeat_ticks,
+            compact_threshold: config.raft.compact_threshold,
+            compact_keep: config.raft.compact_keep,
+            request_timeout: config.raft.request_timeout,
+        },
+        log,
+        Arc::clone(&store),
+        fsm,
+        Arc::new(Arc::clone(&transport)),
+        peers,
+        &initial_voters,
+        Arc::clone(&metrics),
+        &slog_logger(),
+    )
+    .context("start raft")?;
+    transport.attach(raft.clone());
+    let status = raft.status();
+    tracing::info!(
+        step = 5,
+        first_index = status.first_index,
+        last_index = status.last_index,
+        "opened raft log and started raft driver"
+    );
+
+    let redis_listener = bind("redis", &config.redis_addr).await?;
+    let admin_listener = bind("admin", &config.admin_addr).await?;
+    let local = |l: &TcpListener| l.local_addr().map(|a: SocketAddr| a.to_string());
+    let addresses = Addresses {
+        raft_addr: local(&raft_listener).context("raft listener address")?,
+        redis_addr: local(&redis_listener).context("redis listener address")?,
+        admin_addr: local(&admin_listener).context("admin listener address")?,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = Vec::new();
+    {
+        let raft = raft.clone();
+        let id = config.id;
+        let stop = until_stop(stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = transport::serve(raft_listener, id, raft, stop).await {
+                tracing::error!("raft listener failed: {e}");
+            }
+        }));
+    }
+    {
+        let backend = Arc::new(NodeBackend::new(raft.clone(), fsm_reader));
+        let stop = until_stop(stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::resp::serve(redis_listener, backend, stop).await {
+                tracing::error!("redis listener failed: {e}");
+            }
+        }));
+    }
+    {
+        let app = admin::router(AdminState {
+            raft: raft.clone(),
+            metrics,
+            addresses: addresses.clone(),
+        });
+        let stop = until_stop(stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            let served = axum::serve(admin_listener, app).with_graceful_shutdown(stop);
+            if let Err(e) = served.await {
+                tracing::error!("admin listener failed: {e}");
+            }
+        }));
+    }
+    tracing::info!(
+        step = 6,
+        raft = %addresses.raft_addr,
+        redis = %addresses.redis_addr,
+        admin = %addresses.admin_addr,
+        "listening"
+    );
+    Ok(Running {
+        raft,
+        driver,
+        tasks,
+        stop,
+        addresses,
+        _opened_lock: _lock,
+    })
 }
 
-/// The state a started node reports.
-pub struct Report {
-    id: u64,
-    data_dir: PathBuf,
-    applied_index: u64,
-    registry_rows: usize,
-}
+impl Running {
+    /// Stops the listeners, then the Raft driver, and waits for both.
+    ///
+    /// # Errors
+    /// When the driver had stopped on a fatal error.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        self.raft.shutdown();
+        let driver = self.driver;
+        let result = tokio::task::spawn_blocking(move || driver.join())
+            .await
+            .context("join raft driver")?;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("raft driver")),
+            Err(_) => bail!("raft driver panicked"),
+        }
+    }
 
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "node {} data_dir={} applied_index={} writer_registry_rows={}",
-            self.id,
-            self.data_dir.display(),
-            self.applied_index,
-            self.registry_rows
-        )
+    /// Whether the Raft driver thread has ended (a fatal storage error).
+    pub fn driver_finished(&self) -> bool {
+        self.driver.is_finished()
     }
 }

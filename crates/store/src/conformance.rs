@@ -117,7 +117,11 @@ pub fn kv_store_conformance<S: KvStore>(fresh: impl Fn() -> S) {
     put(&s, b"c", 5, StoredValue::tombstone());
     let mut seen = Vec::new();
     s.scan_latest(&mut |key, version| {
-        seen.push((key.to_vec(), version.commit_version, version.value.header.tombstone));
+        seen.push((
+            key.to_vec(),
+            version.commit_version,
+            version.value.header.tombstone,
+        ));
         true
     })
     .expect("scan");

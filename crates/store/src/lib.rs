@@ -1,7 +1,15 @@
 //! sealkv's storage layer: the [`KvStore`] trait the state machine writes through,
 //! its RocksDB implementation ([`RocksStore`]) and an in-memory one for unit tests
-//! ([`MemoryStore`]), and the writer-registry glue ([`RocksWriterRegistry`]) that
-//! backs the encryption applier with durable RocksDB rows.
+//! ([`MemoryStore`]), the writer-registry glue ([`RocksWriterRegistry`]) that
+//! backs the encryption applier with durable RocksDB rows, and the durable Raft log
+//! ([`RaftLog`], a raft-rs [`raft::Storage`]) in the same RocksDB database.
+//!
+//! One RocksDB database holds everything, in four column families: `data`, `meta`
+//! and `registry` are the state machine, and `raft` is the node's log. A Raft
+//! snapshot is a dump of the state machine's three column families taken from one
+//! RocksDB snapshot ([`raft::Storage::snapshot`] on [`RaftLog`]), installed on
+//! another node with [`RocksStore::install_snapshot`] followed by
+//! [`RaftLog::apply_snapshot`].
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -20,14 +28,44 @@
 //! assert_eq!(store.applied_index()?, 1);
 //! # drop(registry); Ok(()) }
 //! ```
+//!
+//! The Raft log, driven by the Ready protocol:
+//!
+//! ```no_run
+//! use raft::prelude::{ConfState, Entry, HardState};
+//! use sealkv_store::{RaftLog, RocksStore, RocksStoreOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = RocksStore::open("/tmp/data", RocksStoreOptions::default())?;
+//! let log = RaftLog::open(&store)?;
+//! if log.is_fresh() {
+//!     let mut peers = ConfState::default();
+//!     peers.voters = vec![1, 2, 3];
+//!     log.initialize(&peers)?;
+//! }
+//! // For each Ready: its entries and hard state in one synced write ...
+//! let mut entry = Entry::default();
+//! (entry.index, entry.term) = (1, 1);
+//! let mut hs = HardState::default();
+//! hs.term = 1;
+//! log.persist(&[entry], Some(&hs))?;
+//! // ... and the commit index of the LightReady that `advance` returns.
+//! log.set_hard_state_commit(1)?;
+//! // Later, once the state machine has applied index 1:
+//! log.compact(2)?;
+//! assert_eq!(log.first_index(), 2);
+//! # Ok(()) }
+//! ```
 
 #![deny(clippy::indexing_slicing, clippy::panic)]
 
 mod batch;
 #[cfg(feature = "testing")]
 pub mod conformance;
+mod dump;
 mod memory;
 pub mod mvcc;
+mod raftlog;
 mod registry;
 mod rocks;
 
@@ -35,6 +73,7 @@ use std::any::Any;
 
 pub use batch::{BatchOp, WriteBatch};
 pub use memory::MemoryStore;
+pub use raftlog::{RaftLog, RaftLogError};
 pub use registry::{RegistryGlueError, RocksWriterRegistry};
 pub use rocks::{RocksStore, RocksStoreOptions};
 

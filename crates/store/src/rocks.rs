@@ -8,21 +8,45 @@
 //! | `data`        | MVCC user values, keyed by [`mvcc::physical_key`] |
 //! | `meta`        | the applied index (`applied_index` → u64 BE) |
 //! | `registry`    | writer-registry rows, keyed by the 27-byte registry key |
+//! | `raft`        | the Raft log: entries, hard state, conf state, compaction point (see [`RaftLog`](crate::RaftLog)) |
+//!
+//! `data`, `meta` and `registry` are the state machine: a Raft snapshot carries
+//! exactly those three (see [`RocksStore::install_snapshot`]). `raft` is the node's
+//! own log and is never part of a snapshot.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteOptions};
 
+use crate::dump;
 use crate::mvcc::{self, StoredValue, Version};
 use crate::{BatchOp, KvStore, Result, StoreError, WriteBatch};
 
 pub(crate) const CF_DATA: &str = "data";
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_REGISTRY: &str = "registry";
-const COLUMN_FAMILIES: [&str; 3] = [CF_DATA, CF_META, CF_REGISTRY];
+pub(crate) const CF_RAFT: &str = "raft";
+const COLUMN_FAMILIES: [&str; 4] = [CF_DATA, CF_META, CF_REGISTRY, CF_RAFT];
 
-const APPLIED_INDEX_KEY: &[u8] = b"applied_index";
+pub(crate) const APPLIED_INDEX_KEY: &[u8] = b"applied_index";
+
+/// Decodes the stored applied index (u64 BE).
+pub(crate) fn decode_applied_index(raw: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = raw.try_into().map_err(|_| StoreError::Corrupt {
+        what: "applied index",
+        reason: format!("{} bytes, want 8", raw.len()),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// The smallest key greater than `key` (`key ‖ 0x00`).
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    next
+}
 
 /// How a [`RocksStore`] is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +148,50 @@ impl RocksStore {
         Ok(())
     }
 
+    /// Replaces the whole state machine (the `data`, `meta` and `registry` column
+    /// families) with a snapshot dump taken by [`RaftLog`](crate::RaftLog)'s
+    /// `raft::Storage::snapshot`; the dump's applied index becomes the store's.
+    ///
+    /// The dump is decoded and validated in full first, so bad bytes change nothing.
+    /// Then every existing row of the three column families is deleted (one
+    /// `delete_range` each) and the dump's rows are put, in one synced RocksDB write
+    /// batch: after a crash the store holds either its old state or the snapshot's,
+    /// never a mix. The Raft log (`raft` column family) is untouched; record the
+    /// snapshot there with [`RaftLog::apply_snapshot`](crate::RaftLog::apply_snapshot)
+    /// after this returns.
+    ///
+    /// The caller must not commit to the store while this runs (the apply loop is
+    /// the only writer and is the one installing the snapshot).
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when `data` is not a well-formed dump (wrong magic or
+    /// version, cut short at any offset, trailing bytes, no applied index);
+    /// [`StoreError::Backend`] when RocksDB fails.
+    pub fn install_snapshot(&self, data: &[u8]) -> Result<()> {
+        let decoded = dump::decode(data)?;
+        let mut wb = rocksdb::WriteBatch::default();
+        for (_, name) in dump::DUMPED_CFS {
+            let handle = cf(&self.db, name)?;
+            let mut iter = self.db.raw_iterator_cf(handle);
+            iter.seek_to_last();
+            match iter.key() {
+                // Every key is >= the empty key and < last ‖ 0x00.
+                Some(last) => wb.delete_range_cf(handle, &[][..], &successor(last)[..]),
+                None => iter
+                    .status()
+                    .map_err(|e| backend("read rows to replace", e))?,
+            }
+        }
+        for record in &decoded.records {
+            wb.put_cf(cf(&self.db, record.cf)?, record.key, record.value);
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .write_opt(wb, &opts)
+            .map_err(|e| backend("install snapshot", e))
+    }
+
     pub(crate) fn db(&self) -> &Arc<DB> {
         &self.db
     }
@@ -170,11 +238,7 @@ impl KvStore for RocksStore {
         else {
             return Ok(0);
         };
-        let bytes: [u8; 8] = raw.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-            what: "applied index",
-            reason: format!("{} bytes, want 8", raw.len()),
-        })?;
-        Ok(u64::from_be_bytes(bytes))
+        decode_applied_index(&raw)
     }
 
     fn scan_latest(&self, visit: &mut dyn FnMut(&[u8], &Version) -> bool) -> Result<()> {

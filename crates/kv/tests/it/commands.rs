@@ -230,7 +230,11 @@ fn reader_gets_and_counts_live_keys() {
     assert_eq!((a.value.as_slice(), a.expire_at_ms), (&b"1"[..], 0));
     let b = reader.get(b"b", NOW).expect("get b").expect("b is live");
     assert_eq!(b.expire_at_ms, NOW + 1_000);
-    assert_eq!(reader.get(b"b", NOW + 1_000).expect("get b"), None, "expired");
+    assert_eq!(
+        reader.get(b"b", NOW + 1_000).expect("get b"),
+        None,
+        "expired"
+    );
     assert_eq!(reader.get(b"c", NOW).expect("get c"), None, "deleted");
     assert_eq!(reader.count_live(NOW).expect("count"), 2);
     assert_eq!(reader.count_live(NOW + 1_000).expect("count"), 1);

@@ -115,16 +115,14 @@ fn corrupt_row_is_an_error() {
         dek_id: 1,
         node_id16: 2,
     };
+    // Create the database with every column family, then write the bad row raw.
+    drop(open(dir.path()));
     {
         let mut options = rocksdb::Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let db = rocksdb::DB::open_cf(
-            &options,
-            dir.path(),
-            ["data", "meta", "registry"],
-        )
-        .expect("raw open");
+        let db = rocksdb::DB::open_cf(&options, dir.path(), ["data", "meta", "registry", "raft"])
+            .expect("raw open");
         let cf = db.cf_handle("registry").expect("registry cf");
         db.put_cf(cf, key.encode(), [0u8; 11]).expect("raw put");
     }

@@ -1,0 +1,116 @@
+//! The CLI's client of the admin endpoint (`sealkv status`, `sealkv cluster ...`).
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(15)))
+        .build()
+        .into()
+}
+
+fn url(admin_addr: &str, path: &str) -> String {
+    format!("http://{admin_addr}{path}")
+}
+
+fn answer(
+    admin_addr: &str,
+    what: &str,
+    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> anyhow::Result<Value> {
+    let mut response = response
+        .with_context(|| format!("{what}: reach admin endpoint {admin_addr} (--admin-addr)"))?;
+    let code = response.status();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("{what}: read the answer of {admin_addr}"))?;
+    let json: Value = serde_json::from_str(&body)
+        .with_context(|| format!("{what}: {admin_addr} answered {code} with non-JSON"))?;
+    if !code.is_success() {
+        let message = json
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("no reason given");
+        bail!("{what}: {admin_addr} answered {code}: {message}");
+    }
+    Ok(json)
+}
+
+/// GETs a JSON document.
+///
+/// # Errors
+/// When the endpoint cannot be reached or answers with an error.
+pub fn get_json(admin_addr: &str, path: &str) -> anyhow::Result<Value> {
+    answer(
+        admin_addr,
+        "get status",
+        agent().get(url(admin_addr, path)).call(),
+    )
+}
+
+/// Adds a voter or learner.
+///
+/// # Errors
+/// When the endpoint cannot be reached or refuses.
+pub fn add_node(
+    admin_addr: &str,
+    id: u64,
+    raft_addr: &str,
+    learner: bool,
+) -> anyhow::Result<String> {
+    let body = serde_json::json!({ "id": id, "raft_addr": raft_addr, "learner": learner });
+    let what = if learner { "add learner" } else { "add node" };
+    let json = answer(
+        admin_addr,
+        what,
+        agent()
+            .post(url(admin_addr, "/v1/cluster/nodes"))
+            .send_json(&body),
+    )?;
+    Ok(format!("{what} {id}: {}", membership(&json)))
+}
+
+/// Removes a node.
+///
+/// # Errors
+/// When the endpoint cannot be reached or refuses.
+pub fn remove_node(admin_addr: &str, id: u64) -> anyhow::Result<String> {
+    let json = answer(
+        admin_addr,
+        "remove node",
+        agent()
+            .delete(url(admin_addr, &format!("/v1/cluster/nodes/{id}")))
+            .call(),
+    )?;
+    Ok(format!("remove node {id}: {}", membership(&json)))
+}
+
+fn membership(json: &Value) -> String {
+    format!("voters {} learners {}", json["voters"], json["learners"])
+}
+
+/// A one-line summary of `GET /status`.
+pub fn summarize(status: &Value) -> String {
+    let field = |k: &str| match &status[k] {
+        Value::Null => "none".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    format!(
+        "node {} role {} leader {} term {} commit {} applied {} voters {} learners {} halted {}",
+        field("id"),
+        field("role"),
+        field("leader_id"),
+        field("term"),
+        field("commit_index"),
+        field("applied_index"),
+        field("voters"),
+        field("learners"),
+        field("halted"),
+    )
+}

@@ -1,0 +1,126 @@
+//! [`NodeBackend`]: the Redis front end's [`Backend`] over the Raft driver and the
+//! state machine's reader. Writes are proposed through Raft (a follower's proposal is
+//! forwarded to the leader by raft-rs) and answered once this node applied them;
+//! linearizable reads wait for a Raft ReadIndex confirmed by a quorum and for this
+//! node to apply up to it; stale reads read what this node has applied.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sealkv_kv::{KvRequest, Outcome, ReadError, Reader, Reply};
+
+use crate::consensus::{ProposeError, RaftHandle, Role};
+use crate::resp::{ApiError, Backend, InfoSnapshot, RaftRole, ReadConsistency, ValueRead};
+
+/// The node's data API.
+#[derive(Debug, Clone)]
+pub struct NodeBackend {
+    raft: RaftHandle,
+    reader: Reader,
+}
+
+impl NodeBackend {
+    /// A backend over the driver and a reader of the same store.
+    pub fn new(raft: RaftHandle, reader: Reader) -> NodeBackend {
+        NodeBackend { raft, reader }
+    }
+
+    async fn barrier(&self, consistency: ReadConsistency) -> Result<(), ApiError> {
+        match consistency {
+            ReadConsistency::Linearizable => {
+                self.raft.linearizable_barrier().await.map_err(api_error)?;
+            }
+            ReadConsistency::Stale => {}
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn api_error(e: ProposeError) -> ApiError {
+    match e {
+        ProposeError::NoLeader => ApiError::NoLeader,
+        ProposeError::Halted(cause) => ApiError::Halted(cause),
+        ProposeError::Timeout => ApiError::Timeout,
+        ProposeError::Dropped
+        | ProposeError::Busy
+        | ProposeError::Stopped
+        | ProposeError::Rejected(_) => ApiError::Internal(e.to_string()),
+    }
+}
+
+fn read_error(e: ReadError) -> ApiError {
+    match e {
+        ReadError::Encrypted(_) => ApiError::Integrity(e.to_string()),
+        ReadError::Storage(s) => ApiError::Internal(format!("read value: {s}")),
+    }
+}
+
+impl Backend for NodeBackend {
+    async fn write(&self, request: KvRequest) -> Result<Vec<Reply>, ApiError> {
+        let data = request
+            .to_entry()
+            .map_err(|e| ApiError::Internal(format!("encode request: {e}")))?;
+        match self.raft.propose(data).await.map_err(api_error)? {
+            Outcome::Kv(replies) => Ok(replies),
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn read(
+        &self,
+        keys: Vec<Vec<u8>>,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<Option<ValueRead>>, ApiError> {
+        self.barrier(consistency).await?;
+        let reader = self.reader.clone();
+        let now = now_ms();
+        tokio::task::spawn_blocking(move || {
+            keys.iter()
+                .map(|k| {
+                    reader.get(k, now).map(|v| {
+                        v.map(|live| ValueRead {
+                            value: live.value,
+                            expire_at_ms: live.expire_at_ms,
+                        })
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(read_error)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("read task: {e}")))?
+    }
+
+    async fn dbsize(&self, consistency: ReadConsistency) -> Result<u64, ApiError> {
+        self.barrier(consistency).await?;
+        let reader = self.reader.clone();
+        let now = now_ms();
+        tokio::task::spawn_blocking(move || reader.count_live(now).map_err(read_error))
+            .await
+            .map_err(|e| ApiError::Internal(format!("dbsize task: {e}")))?
+    }
+
+    async fn info(&self) -> InfoSnapshot {
+        let s = self.raft.status();
+        InfoSnapshot {
+            node_id: s.id,
+            role: match s.role {
+                Role::Follower => RaftRole::Follower,
+                Role::PreCandidate => RaftRole::PreCandidate,
+                Role::Candidate => RaftRole::Candidate,
+                Role::Leader => RaftRole::Leader,
+            },
+            leader_id: s.leader_id,
+            leader_addr: None,
+            term: s.term,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            halted: s.halted,
+        }
+    }
+}

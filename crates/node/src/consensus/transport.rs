@@ -1,0 +1,342 @@
+//! The peer-to-peer Raft transport: TCP, one connection per peer and lane, frames of
+//! length-prefixed protobuf raft-rs messages.
+//!
+//! ```text
+//! connection start (dialer → listener), once:
+//! +---------+---------+-------------------+
+//! | "SKVR"  | version | sender id u64 BE  |
+//! | 4 bytes |  01     |                   |
+//! +---------+---------+-------------------+
+//! then frames:
+//! +--------------+-------------------------------+
+//! | len u32 BE   | raft-rs Message (protobuf)    |
+//! +--------------+-------------------------------+
+//! ```
+//!
+//! Each peer has two lanes, each its own connection and bounded queue: snapshots go
+//! on their own lane so a large transfer never holds up heartbeats and appends. A
+//! full queue drops the message (Raft retransmits) and reports the peer unreachable,
+//! so a slow peer cannot exhaust memory. A lane that loses its connection redials with
+//! backoff (100 ms doubling to 2 s). A frame longer than [`MAX_FRAME`] closes the
+//! connection, and a frame's buffer grows only as its bytes arrive.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::prelude::{Message, MessageType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::{Outbox, RaftHandle};
+
+/// Magic at the start of every transport connection.
+const MAGIC: &[u8; 4] = b"SKVR";
+/// Transport protocol version.
+const VERSION: u8 = 1;
+/// Largest frame accepted (a snapshot message carries the whole state machine).
+pub const MAX_FRAME: u32 = 1 << 30;
+/// Messages queued per peer on the normal lane.
+const NORMAL_QUEUE: usize = 4096;
+/// Messages queued per peer on the snapshot lane.
+const SNAPSHOT_QUEUE: usize = 2;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+struct Lanes {
+    addr: String,
+    normal: mpsc::Sender<Message>,
+    snapshot: mpsc::Sender<Message>,
+}
+
+/// The outbound side: per-peer lanes, fed by the Raft driver.
+pub struct Transport {
+    id: u64,
+    runtime: tokio::runtime::Handle,
+    peers: Mutex<HashMap<u64, Lanes>>,
+    raft: OnceLock<RaftHandle>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// A transport for node `id` whose lanes run on `runtime`.
+    pub fn new(id: u64, runtime: tokio::runtime::Handle) -> Arc<Transport> {
+        Arc::new(Transport {
+            id,
+            runtime,
+            peers: Mutex::new(HashMap::new()),
+            raft: OnceLock::new(),
+        })
+    }
+
+    /// Connects the transport to the driver it reports delivery failures to.
+    pub fn attach(&self, raft: RaftHandle) {
+        let _ = self.raft.set(raft);
+    }
+
+    fn report_unreachable(&self, to: u64) {
+        if let Some(raft) = self.raft.get() {
+            raft.report_unreachable(to);
+        }
+    }
+
+    fn report_snapshot(&self, to: u64, ok: bool) {
+        if let Some(raft) = self.raft.get() {
+            raft.report_snapshot(to, ok);
+        }
+    }
+
+    fn lanes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Lanes>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Outbox for Arc<Transport> {
+    fn send(&self, messages: Vec<Message>) {
+        let mut unreachable = Vec::new();
+        {
+            let peers = self.lanes();
+            for message in messages {
+                let to = message.to;
+                let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+                let Some(lanes) = peers.get(&to) else {
+                    tracing::debug!(to, "no address for raft peer; message dropped");
+                    unreachable.push((to, is_snapshot));
+                    continue;
+                };
+                let lane = if is_snapshot {
+                    &lanes.snapshot
+                } else {
+                    &lanes.normal
+                };
+                if lane.try_send(message).is_err() {
+                    unreachable.push((to, is_snapshot));
+                }
+            }
+        }
+        for (to, is_snapshot) in unreachable {
+            self.report_unreachable(to);
+            if is_snapshot {
+                self.report_snapshot(to, false);
+            }
+        }
+    }
+
+    fn set_peer(&self, id: u64, addr: Option<String>) {
+        if id == self.id {
+            return;
+        }
+        let mut peers = self.lanes();
+        match addr {
+            None => {
+                // Dropping the senders ends the lane tasks.
+                peers.remove(&id);
+            }
+            Some(addr) => {
+                if peers.get(&id).is_some_and(|l| l.addr == addr) {
+                    return;
+                }
+                let (normal, normal_rx) = mpsc::channel(NORMAL_QUEUE);
+                let (snapshot, snapshot_rx) = mpsc::channel(SNAPSHOT_QUEUE);
+                let me = Arc::clone(self);
+                self.runtime
+                    .spawn(lane(Arc::clone(&me), id, addr.clone(), normal_rx, false));
+                self.runtime
+                    .spawn(lane(me, id, addr.clone(), snapshot_rx, true));
+                peers.insert(
+                    id,
+                    Lanes {
+                        addr,
+                        normal,
+                        snapshot,
+                    },
+                );
+            }
+        }
+    }
+}
+
+async fn connect(addr: &str, my_id: u64) -> std::io::Result<BufWriter<TcpStream>> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    let mut writer = BufWriter::with_capacity(256 * 1024, stream);
+    writer.write_all(MAGIC).await?;
+    writer.write_u8(VERSION).await?;
+    writer.write_u64(my_id).await?;
+    Ok(writer)
+}
+
+async fn write_frame(writer: &mut BufWriter<TcpStream>, message: &Message) -> std::io::Result<()> {
+    let bytes = message
+        .write_to_bytes()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let len = u32::try_from(bytes.len())
+        .ok()
+        .filter(|l| *l <= MAX_FRAME)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "message too large"))?;
+    writer.write_u32(len).await?;
+    writer.write_all(&bytes).await
+}
+
+/// One lane to one peer: dials, writes what is queued in batches, redials with
+/// backoff, and ends when the transport forgets the peer.
+async fn lane(
+    transport: Arc<Transport>,
+    peer: u64,
+    addr: String,
+    mut rx: mpsc::Receiver<Message>,
+    snapshots: bool,
+) {
+    let mut conn: Option<BufWriter<TcpStream>> = None;
+    let mut backoff = MIN_BACKOFF;
+    let mut retry_at = tokio::time::Instant::now();
+    while let Some(first) = rx.recv().await {
+        if conn.is_none() {
+            if tokio::time::Instant::now() < retry_at {
+                // Still backing off: drop the message, Raft will send again.
+                transport.report_unreachable(peer);
+                if snapshots {
+                    transport.report_snapshot(peer, false);
+                }
+                continue;
+            }
+            match connect(&addr, transport.id).await {
+                Ok(c) => {
+                    tracing::debug!(peer, %addr, snapshots, "connected to raft peer");
+                    conn = Some(c);
+                    backoff = MIN_BACKOFF;
+                }
+                Err(e) => {
+                    tracing::debug!(peer, %addr, "connect to raft peer: {e}");
+                    retry_at = tokio::time::Instant::now() + backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    transport.report_unreachable(peer);
+                    if snapshots {
+                        transport.report_snapshot(peer, false);
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(writer) = conn.as_mut() else {
+            continue;
+        };
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut result = Ok(());
+        for message in &batch {
+            result = write_frame(writer, message).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = writer.flush().await;
+        }
+        match result {
+            Ok(()) => {
+                if snapshots {
+                    for m in &batch {
+                        transport.report_snapshot(m.to, true);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(peer, %addr, "send to raft peer: {e}");
+                conn = None;
+                transport.report_unreachable(peer);
+                if snapshots {
+                    transport.report_snapshot(peer, false);
+                }
+            }
+        }
+    }
+}
+
+/// Accepts peer connections on `listener` and hands every message addressed to this
+/// node to Raft, until `shutdown` resolves.
+///
+/// # Errors
+/// When accepting fails.
+pub async fn serve(
+    listener: TcpListener,
+    my_id: u64,
+    raft: RaftHandle,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => accepted?,
+        };
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            if let Err(e) = receive(stream, my_id, &raft).await {
+                tracing::debug!(%remote, "raft peer connection closed: {e}");
+            }
+        });
+    }
+}
+
+async fn receive(stream: TcpStream, my_id: u64, raft: &RaftHandle) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, stream);
+    let mut hello = [0u8; 13];
+    tokio::time::timeout(CONNECT_TIMEOUT, reader.read_exact(&mut hello))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello"))??;
+    let (magic, rest) = hello.split_at(4);
+    if magic != MAGIC || rest.first() != Some(&VERSION) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a sealkv raft peer (bad magic or version)",
+        ));
+    }
+    loop {
+        let len = match reader.read_u32().await {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if len > MAX_FRAME {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("frame of {len} bytes is larger than {MAX_FRAME}"),
+            ));
+        }
+        // Grow with the bytes that actually arrive, not with what the header claims.
+        let mut buf = Vec::with_capacity((len as usize).min(64 * 1024));
+        (&mut reader)
+            .take(u64::from(len))
+            .read_to_end(&mut buf)
+            .await?;
+        if buf.len() != len as usize {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let message = Message::parse_from_bytes(&buf)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        if message.to != my_id {
+            tracing::debug!(to = message.to, "raft message for another node dropped");
+            continue;
+        }
+        raft.step(message);
+    }
+}

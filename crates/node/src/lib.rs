@@ -1,0 +1,31 @@
+//! The library half of `sealkv-node`: the Raft driver and transport, the network
+//! front ends a node runs and its startup sequence, kept apart from the binary so
+//! integration tests can drive them directly.
+//!
+//! * [`startup`]: the startup sequence (store → registry glue → applier → state
+//!   machine → Raft → listeners).
+//! * [`consensus`]: the raft-rs driver and the peer transport.
+//! * [`resp`]: the Redis-protocol (RESP2) data API, served against the
+//!   [`resp::Backend`] seam; [`backend`] implements it over Raft.
+//! * [`admin`]: the admin HTTP endpoint; [`admin_client`] is the CLI's client of it.
+//! * [`metrics`]: the Prometheus metrics.
+
+pub mod admin;
+pub mod admin_client;
+pub mod backend;
+pub mod consensus;
+pub mod metrics;
+pub mod resp;
+pub mod startup;
+
+/// An error and its sources on one line, `outer: inner: ...`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

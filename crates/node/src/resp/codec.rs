@@ -1,0 +1,440 @@
+//! Inbound framing: [`CommandCodec`] checks each command's shape and size limits
+//! as its bytes arrive, then hands the complete command to redis-protocol's RESP2
+//! decoder; outbound frames go straight to redis-protocol's RESP2 encoder.
+//!
+//! Why a guard in front of the library: redis-protocol's decoder has no limits and
+//! re-parses a frame from its first byte every time more bytes arrive. Left alone, a
+//! client could declare a 4 GiB bulk string and make the server buffer it, send
+//! `*1\r\n` ten thousand times and overflow the stack of its recursive array parser,
+//! or trickle a million-element array so that every read re-parses everything seen
+//! so far. The guard reads only the length headers, resumes where it stopped, and
+//! calls the library once per command, when every byte of it is present.
+//!
+//! A Redis command is an array of bulk strings:
+//!
+//! ```text
+//! *<argc>\r\n  then argc times:  $<len>\r\n <len bytes> \r\n
+//! ```
+//!
+//! The guard refuses, before buffering anything more:
+//!
+//! * an array header that is not `*` (inline commands are not supported) or whose
+//!   count is not an integer or exceeds [`Limits::max_args`];
+//! * an element that is not a bulk string (nested arrays included);
+//! * a bulk length that is not an integer or exceeds [`Limits::max_bulk_len`];
+//! * a command whose declared size exceeds [`Limits::max_command_len`];
+//! * a length header longer than [`MAX_HEADER_LEN`] bytes without its CRLF.
+//!
+//! An array header with a count of zero or less is skipped without a reply, as
+//! Redis does.
+
+use redis_protocol::bytes::{Buf, Bytes, BytesMut};
+use redis_protocol::codec::Resp2;
+use redis_protocol::error::RedisProtocolError;
+use redis_protocol::resp2::types::BytesFrame;
+use redis_protocol::tokio_util::codec::{Decoder, Encoder};
+
+use super::args::parse_i64;
+
+/// The longest length header accepted, CRLF included: the type byte, an i64 in
+/// decimal (at most 20 characters) and CRLF fit in 23; the rest is slack.
+pub const MAX_HEADER_LEN: usize = 32;
+
+/// Caps on what one inbound command may make the server buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest bulk string (one argument), in bytes. Redis's
+    /// `proto-max-bulk-len` default is 512 MiB, and so is this.
+    pub max_bulk_len: usize,
+    /// The most arguments one command may have (command name included).
+    pub max_args: usize,
+    /// The largest command, headers included, in bytes. Redis's
+    /// `client-query-buffer-limit` default is 1 GiB, and so is this.
+    pub max_command_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_bulk_len: 512 * 1024 * 1024,
+            max_args: 1024 * 1024,
+            max_command_len: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// Bytes a client sent that are not a command this server accepts. The connection
+/// answers `-ERR Protocol error: <this error>` and closes, as Redis does.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// A byte other than the expected type byte started a header.
+    #[error("expected '{expected}', got '{}'", got.escape_ascii())]
+    Unexpected {
+        /// The type byte the position requires (`*` or `$`).
+        expected: char,
+        /// The byte found.
+        got: u8,
+    },
+    /// An array count that is not an integer or exceeds [`Limits::max_args`].
+    #[error("invalid multibulk length")]
+    InvalidMultibulkLength,
+    /// A bulk length that is not an integer, is negative or exceeds
+    /// [`Limits::max_bulk_len`].
+    #[error("invalid bulk length")]
+    InvalidBulkLength,
+    /// An array header without CRLF within [`MAX_HEADER_LEN`] bytes.
+    #[error("too big mbulk count string")]
+    MultibulkHeaderTooLong,
+    /// A bulk header without CRLF within [`MAX_HEADER_LEN`] bytes.
+    #[error("too big bulk count string")]
+    BulkHeaderTooLong,
+    /// A bulk string's bytes are not followed by CRLF.
+    #[error("bulk string of {len} bytes is not followed by CRLF")]
+    MissingCrlf {
+        /// The bulk string's declared length.
+        len: usize,
+    },
+    /// The command would exceed [`Limits::max_command_len`].
+    #[error("command of at least {len} bytes exceeds the limit of {limit} bytes")]
+    CommandTooLarge {
+        /// The size the command has declared so far.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// redis-protocol refused bytes the guard accepted, or produced a frame that is
+    /// not an array of bulk strings. Either means the two disagree; the connection
+    /// is closed rather than guessing.
+    #[error("decode command")]
+    Decode(#[source] RedisProtocolError),
+    /// redis-protocol decoded a command the guard did not frame the same way.
+    #[error("decoder consumed {decoded} bytes of a {framed}-byte command")]
+    FrameMismatch {
+        /// The bytes the guard framed.
+        framed: usize,
+        /// The bytes redis-protocol consumed.
+        decoded: usize,
+    },
+    /// redis-protocol could not encode a reply.
+    #[error("encode reply")]
+    Encode(#[source] RedisProtocolError),
+    /// The socket failed, or the client closed it in the middle of a command.
+    #[error("connection i/o")]
+    Io(#[from] std::io::Error),
+}
+
+impl ProtocolError {
+    /// Whether the client should be told (`-ERR Protocol error: ...`) before the
+    /// connection closes: yes for bad bytes, no for a failed socket.
+    pub fn is_client_fault(&self) -> bool {
+        !matches!(self, ProtocolError::Io(_) | ProtocolError::Encode(_))
+    }
+}
+
+/// Where the guard is within the command at the start of the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Step {
+    /// Expecting `*<argc>\r\n`.
+    #[default]
+    ArrayHeader,
+    /// Expecting `$<len>\r\n`; `left` bulk strings remain, at least one.
+    BulkHeader { left: usize },
+    /// Expecting `len` bytes and CRLF; `left` bulk strings remain after this one.
+    BulkBody { len: usize, left: usize },
+}
+
+/// What the guard found at the start of the buffer.
+enum Scanned {
+    /// More bytes are needed.
+    Incomplete,
+    /// A command with no arguments (`*0` or `*-1`) of this many bytes.
+    Empty(usize),
+    /// A complete command of this many bytes.
+    Command(usize),
+}
+
+/// The RESP2 codec for a server connection: decodes commands (each an argument
+/// list, command name first) under [`Limits`] and encodes reply frames.
+#[derive(Debug)]
+pub struct CommandCodec {
+    limits: Limits,
+    resp2: Resp2,
+    /// Bytes of the command at the start of the buffer already checked.
+    pos: usize,
+    step: Step,
+}
+
+impl CommandCodec {
+    /// A codec enforcing `limits`.
+    pub fn new(limits: Limits) -> CommandCodec {
+        CommandCodec {
+            limits,
+            resp2: Resp2::default(),
+            pos: 0,
+            step: Step::ArrayHeader,
+        }
+    }
+
+    /// Reads one length header at `self.pos`: checks its type byte and returns its
+    /// integer and the header's length, or `None` when its CRLF has not arrived.
+    fn header(
+        &self,
+        src: &[u8],
+        expected: u8,
+        too_long: ProtocolError,
+        invalid: ProtocolError,
+    ) -> Result<Option<(i64, usize)>, ProtocolError> {
+        let rest = src.get(self.pos..).unwrap_or_default();
+        let Some(&first) = rest.first() else {
+            return Ok(None);
+        };
+        if first != expected {
+            return Err(ProtocolError::Unexpected {
+                expected: char::from(expected),
+                got: first,
+            });
+        }
+        let window = rest.get(..MAX_HEADER_LEN).unwrap_or(rest);
+        let Some(cr) = window.windows(2).position(|w| w == b"\r\n") else {
+            return if window.len() >= MAX_HEADER_LEN {
+                Err(too_long)
+            } else {
+                Ok(None)
+            };
+        };
+        let digits = window.get(1..cr).unwrap_or_default();
+        match parse_i64(digits) {
+            Some(n) => Ok(Some((n, cr + 2))),
+            None => Err(invalid),
+        }
+    }
+
+    /// Advances the guard over whatever of the first command has arrived.
+    fn scan(&mut self, src: &[u8]) -> Result<Scanned, ProtocolError> {
+        loop {
+            match self.step {
+                Step::ArrayHeader => {
+                    let Some((count, used)) = self.header(
+                        src,
+                        b'*',
+                        ProtocolError::MultibulkHeaderTooLong,
+                        ProtocolError::InvalidMultibulkLength,
+                    )?
+                    else {
+                        return Ok(Scanned::Incomplete);
+                    };
+                    if count <= 0 {
+                        return Ok(Scanned::Empty(used));
+                    }
+                    let count = usize::try_from(count)
+                        .ok()
+                        .filter(|&c| c <= self.limits.max_args)
+                        .ok_or(ProtocolError::InvalidMultibulkLength)?;
+                    self.pos = used;
+                    self.step = Step::BulkHeader { left: count };
+                }
+                Step::BulkHeader { left } => {
+                    let Some((len, used)) = self.header(
+                        src,
+                        b'$',
+                        ProtocolError::BulkHeaderTooLong,
+                        ProtocolError::InvalidBulkLength,
+                    )?
+                    else {
+                        return Ok(Scanned::Incomplete);
+                    };
+                    let len = usize::try_from(len)
+                        .ok()
+                        .filter(|&l| l <= self.limits.max_bulk_len)
+                        .ok_or(ProtocolError::InvalidBulkLength)?;
+                    self.pos += used;
+                    let declared = self.pos.saturating_add(len).saturating_add(2);
+                    if declared > self.limits.max_command_len {
+                        return Err(ProtocolError::CommandTooLarge {
+                            len: declared,
+                            limit: self.limits.max_command_len,
+                        });
+                    }
+                    self.step = Step::BulkBody {
+                        len,
+                        left: left - 1,
+                    };
+                }
+                Step::BulkBody { len, left } => {
+                    let end = self.pos + len;
+                    let Some(crlf) = src.get(end..end + 2) else {
+                        return Ok(Scanned::Incomplete);
+                    };
+                    if crlf != b"\r\n" {
+                        return Err(ProtocolError::MissingCrlf { len });
+                    }
+                    self.pos = end + 2;
+                    if left == 0 {
+                        return Ok(Scanned::Command(self.pos));
+                    }
+                    self.step = Step::BulkHeader { left };
+                }
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.pos = 0;
+        self.step = Step::ArrayHeader;
+    }
+}
+
+/// Turns a decoded frame into the argument list, refusing anything that is not an
+/// array of bulk strings (which the guard has already ensured).
+fn arguments(frame: BytesFrame) -> Result<Vec<Bytes>, ProtocolError> {
+    let not_a_command = || {
+        ProtocolError::Decode(RedisProtocolError::new(
+            redis_protocol::error::RedisProtocolErrorKind::DecodeError,
+            "frame is not an array of bulk strings",
+        ))
+    };
+    let BytesFrame::Array(items) = frame else {
+        return Err(not_a_command());
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            BytesFrame::BulkString(b) => Ok(b),
+            _ => Err(not_a_command()),
+        })
+        .collect()
+}
+
+impl Decoder for CommandCodec {
+    type Item = Vec<Bytes>;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        loop {
+            match self.scan(src)? {
+                Scanned::Incomplete => return Ok(None),
+                Scanned::Empty(used) => {
+                    src.advance(used);
+                    self.reset();
+                }
+                Scanned::Command(framed) => {
+                    self.reset();
+                    let decoded = redis_protocol::resp2::decode::decode_bytes_mut(src)
+                        .map_err(ProtocolError::Decode)?;
+                    let Some((frame, consumed, _)) = decoded else {
+                        return Err(ProtocolError::FrameMismatch { framed, decoded: 0 });
+                    };
+                    if consumed != framed {
+                        return Err(ProtocolError::FrameMismatch {
+                            framed,
+                            decoded: consumed,
+                        });
+                    }
+                    return arguments(frame).map(Some);
+                }
+            }
+        }
+    }
+}
+
+impl Encoder<BytesFrame> for CommandCodec {
+    type Error = ProtocolError;
+
+    fn encode(&mut self, frame: BytesFrame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        self.resp2.encode(frame, dst).map_err(ProtocolError::Encode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_bulk_len: 8,
+            max_args: 3,
+            max_command_len: 40,
+        }
+    }
+
+    /// Feeds `input` one byte at a time and collects the commands, or the error.
+    fn feed(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, String> {
+        let mut codec = CommandCodec::new(limits());
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for &b in input {
+            buf.extend_from_slice(&[b]);
+            while let Some(args) = codec.decode(&mut buf).map_err(|e| e.to_string())? {
+                out.push(args.iter().map(|a| a.to_vec()).collect());
+            }
+        }
+        Ok(out)
+    }
+
+    fn cmd(args: &[&str]) -> Vec<Vec<u8>> {
+        args.iter().map(|a| a.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn frames_commands_split_at_every_byte() {
+        let input =
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*0\r\n*-1\r\n*1\r\n$0\r\n\r\n*1\r\n$4\r\nPING\r\n";
+        assert_eq!(
+            feed(input),
+            Ok(vec![cmd(&["GET", "k"]), cmd(&[""]), cmd(&["PING"])])
+        );
+    }
+
+    #[test]
+    fn binary_arguments_survive() {
+        let input = b"*1\r\n$4\r\n\r\n\0\xff\r\n";
+        assert_eq!(feed(input), Ok(vec![vec![b"\r\n\0\xff".to_vec()]]));
+    }
+
+    #[test]
+    fn refuses_bad_input_with_redis_texts() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"PING\r\n", "expected '*', got 'P'"),
+            (b"\x01", "expected '*', got '\\x01'"),
+            (b"*1\r\n*1\r\n", "expected '$', got '*'"),
+            (b"*1\r\n:1\r\n", "expected '$', got ':'"),
+            (b"*x\r\n", "invalid multibulk length"),
+            (b"*01\r\n", "invalid multibulk length"),
+            (b"*4\r\n", "invalid multibulk length"),
+            (b"*99999999999999999999999\r\n", "invalid multibulk length"),
+            (b"*1\r\n$-1\r\n", "invalid bulk length"),
+            (b"*1\r\n$9\r\n", "invalid bulk length"),
+            (b"*1\r\n$+1\r\n", "invalid bulk length"),
+            (
+                b"*1\r\n$1\r\nxyz",
+                "bulk string of 1 bytes is not followed by CRLF",
+            ),
+            (
+                b"*11111111111111111111111111111111",
+                "too big mbulk count string",
+            ),
+            (
+                b"*1\r\n$11111111111111111111111111111111",
+                "too big bulk count string",
+            ),
+            (
+                b"*3\r\n$8\r\n12345678\r\n$8\r\n12345678\r\n$8\r\n",
+                "command of at least 46 bytes exceeds the limit of 40 bytes",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                feed(input),
+                Err((*want).to_string()),
+                "{}",
+                input.escape_ascii()
+            );
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursing() {
+        let input = b"*1\r\n".repeat(100_000);
+        assert_eq!(feed(&input), Err("expected '$', got '*'".to_string()));
+    }
+}

@@ -1,0 +1,840 @@
+//! The command table and what each command does: argument checks with Redis's
+//! error texts, then reads, one [`KvRequest`] or a local answer.
+
+use std::future::Future;
+
+use redis_protocol::bytes::Bytes;
+use redis_protocol::resp2::types::BytesFrame;
+use sealkv_encryption::registry::is_reserved_key;
+use sealkv_kv::{Command, KvRequest, PutCondition, Reply};
+
+use super::Shared;
+use super::args::parse_i64;
+use super::backend::{ApiError, Backend, RaftRole, ReadConsistency, ValueRead};
+use super::connection::Session;
+use super::info::{self, REDIS_VERSION, Section, ServerFacts};
+use super::reply::{self, array, bulk, error, int, nil, ok, simple};
+
+/// What the connection does after sending a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Read the next command.
+    Continue,
+    /// Close the connection (`QUIT`).
+    Close,
+}
+
+/// One command's entry in the table `COMMAND` reports and arity is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// Lowercase name.
+    pub name: &'static str,
+    /// Redis arity, the name included: `n > 0` means exactly `n` arguments, `n < 0`
+    /// at least `-n`.
+    pub arity: i64,
+    /// Redis command flags.
+    pub flags: &'static [&'static str],
+    /// Position of the first key argument (0: none).
+    pub first_key: i64,
+    /// Position of the last key argument (-1: the last argument).
+    pub last_key: i64,
+    /// Step between key arguments.
+    pub step: i64,
+}
+
+impl Spec {
+    const fn new(
+        name: &'static str,
+        arity: i64,
+        flags: &'static [&'static str],
+        keys: (i64, i64, i64),
+    ) -> Spec {
+        Spec {
+            name,
+            arity,
+            flags,
+            first_key: keys.0,
+            last_key: keys.1,
+            step: keys.2,
+        }
+    }
+
+    fn accepts(&self, argc: usize) -> bool {
+        let argc = i64::try_from(argc).unwrap_or(i64::MAX);
+        if self.arity >= 0 {
+            argc == self.arity
+        } else {
+            argc >= -self.arity
+        }
+    }
+
+    /// The 10-element `COMMAND` entry of Redis 7 (ACL categories, tips, key specs
+    /// and subcommands left empty).
+    fn frame(&self) -> BytesFrame {
+        array(vec![
+            bulk(self.name),
+            int(self.arity),
+            array(self.flags.iter().copied().map(simple).collect()),
+            int(self.first_key),
+            int(self.last_key),
+            int(self.step),
+            array(vec![]),
+            array(vec![]),
+            array(vec![]),
+            array(vec![]),
+        ])
+    }
+}
+
+const NO_KEYS: (i64, i64, i64) = (0, 0, 0);
+const ONE_KEY: (i64, i64, i64) = (1, 1, 1);
+const ALL_KEYS: (i64, i64, i64) = (1, -1, 1);
+const READ: &[&str] = &["readonly", "fast"];
+const WRITE: &[&str] = &["write", "denyoom", "fast"];
+const CONNECTION: &[&str] = &["noscript", "loading", "stale", "fast"];
+
+/// Every command this server knows, sorted by name.
+pub const COMMANDS: &[Spec] = &[
+    Spec::new(
+        "auth",
+        -2,
+        &["noscript", "loading", "stale", "fast", "no-auth"],
+        NO_KEYS,
+    ),
+    Spec::new("client", -2, &["noscript", "loading", "stale"], NO_KEYS),
+    Spec::new("command", -1, &["loading", "stale"], NO_KEYS),
+    Spec::new("dbsize", 1, READ, NO_KEYS),
+    Spec::new("decr", 2, WRITE, ONE_KEY),
+    Spec::new("decrby", 3, WRITE, ONE_KEY),
+    Spec::new("del", -2, &["write"], ALL_KEYS),
+    Spec::new("echo", 2, &["fast"], NO_KEYS),
+    Spec::new("exists", -2, READ, ALL_KEYS),
+    Spec::new("expire", 3, &["write", "fast"], ONE_KEY),
+    Spec::new("get", 2, READ, ONE_KEY),
+    Spec::new(
+        "hello",
+        -1,
+        &["noscript", "loading", "stale", "fast", "no-auth"],
+        NO_KEYS,
+    ),
+    Spec::new("incr", 2, WRITE, ONE_KEY),
+    Spec::new("incrby", 3, WRITE, ONE_KEY),
+    Spec::new("info", -1, &["loading", "stale"], NO_KEYS),
+    Spec::new("mget", -2, READ, ALL_KEYS),
+    Spec::new("mset", -3, &["write", "denyoom"], (1, -1, 2)),
+    Spec::new("ping", -1, &["fast"], NO_KEYS),
+    Spec::new("pttl", 2, READ, ONE_KEY),
+    Spec::new("quit", -1, CONNECTION, NO_KEYS),
+    Spec::new("readonly", 1, CONNECTION, NO_KEYS),
+    Spec::new("readwrite", 1, CONNECTION, NO_KEYS),
+    Spec::new("select", 2, CONNECTION, NO_KEYS),
+    Spec::new("set", -3, &["write", "denyoom"], ONE_KEY),
+    Spec::new("ttl", 2, READ, ONE_KEY),
+];
+
+const ERR_SYNTAX: &str = "ERR syntax error";
+const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+/// The state machine's text for the reserved keyspace (`sealkv_kv`), repeated here
+/// for the reads and the `MSET` refused before reaching it. A test checks the two
+/// stay the same.
+const ERR_RESERVED: &str = "ERR key is in the reserved keyspace !encryption|";
+
+/// A reply that ends the command early.
+type Early = BytesFrame;
+
+fn arity_error(name: &str) -> BytesFrame {
+    error(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
+}
+
+fn unknown_subcommand(sub: &[u8], command: &str) -> BytesFrame {
+    error(format!(
+        "ERR unknown subcommand '{}'. Try {} HELP.",
+        String::from_utf8_lossy(truncate(sub, 128)),
+        command.to_ascii_uppercase()
+    ))
+}
+
+fn truncate(bytes: &[u8], max: usize) -> &[u8] {
+    bytes.get(..max).unwrap_or(bytes)
+}
+
+/// Redis's reply to an unknown command: the name and the first arguments, quoted,
+/// each followed by a space, at most about 128 bytes of them.
+fn unknown_command(name: &[u8], rest: &[Bytes]) -> BytesFrame {
+    let mut listed = Vec::new();
+    for arg in rest {
+        if listed.len() >= 128 {
+            break;
+        }
+        let room = 128 - listed.len();
+        listed.push(b'\'');
+        listed.extend_from_slice(truncate(arg, room));
+        listed.extend_from_slice(b"' ");
+    }
+    error(format!(
+        "ERR unknown command '{}', with args beginning with: {}",
+        String::from_utf8_lossy(truncate(name, 128)),
+        String::from_utf8_lossy(&listed)
+    ))
+}
+
+/// Whether any key is under the reserved `!encryption|` prefix.
+fn any_reserved<'a>(mut keys: impl Iterator<Item = &'a Bytes>) -> bool {
+    keys.any(|k| is_reserved_key(k))
+}
+
+/// Runs one command and returns its reply.
+pub async fn execute<B: Backend>(
+    shared: &Shared<B>,
+    session: &mut Session,
+    args: Vec<Bytes>,
+) -> (BytesFrame, Flow) {
+    let Some((name, rest)) = args.split_first() else {
+        // The codec never yields an empty command; answer as Redis would a bad one.
+        return (error("ERR empty command"), Flow::Continue);
+    };
+    let lower = name.to_ascii_lowercase();
+    let Some(spec) = COMMANDS.iter().find(|s| s.name.as_bytes() == lower) else {
+        return (unknown_command(name, rest), Flow::Continue);
+    };
+    if !spec.accepts(args.len()) {
+        return (arity_error(spec.name), Flow::Continue);
+    }
+    let mut cx = Cx { shared, session };
+    // The arity check above makes every pattern below match its command; the last
+    // arm is a safety net for a table entry without a handler.
+    let frame = match (spec.name, rest) {
+        ("auth", _) => error(
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        ),
+        ("client", _) => cx.client(rest),
+        ("command", _) => command(rest),
+        ("dbsize", []) => cx.dbsize().await,
+        ("decr", [key]) => cx.incr_by(key, Ok(-1)).await,
+        ("decrby", [key, delta]) => {
+            let delta = match parse_i64(delta) {
+                Some(i64::MIN) => Err(error("ERR decrement would overflow")),
+                Some(n) => Ok(-n),
+                None => Err(error(ERR_NOT_INTEGER)),
+            };
+            cx.incr_by(key, delta).await
+        }
+        ("del", keys) => cx.del(keys).await,
+        ("echo", [message]) => bulk(message.clone()),
+        ("exists", keys) => cx.exists(keys).await,
+        ("expire", [key, seconds]) => cx.expire(key, seconds).await,
+        ("get", [key]) => cx.get(key).await,
+        ("hello", _) => cx.hello(rest).await,
+        ("incr", [key]) => cx.incr_by(key, Ok(1)).await,
+        ("incrby", [key, delta]) => {
+            let delta = parse_i64(delta).ok_or_else(|| error(ERR_NOT_INTEGER));
+            cx.incr_by(key, delta).await
+        }
+        ("info", sections) => cx.info(sections).await,
+        ("mget", keys) => cx.mget(keys).await,
+        ("mset", pairs) => cx.mset(pairs).await,
+        ("ping", []) => simple("PONG"),
+        ("ping", [message]) => bulk(message.clone()),
+        ("ping", _) => arity_error("ping"),
+        ("pttl", [key]) => cx.ttl(key, 1).await,
+        ("quit", _) => return (ok(), Flow::Close),
+        ("readonly", []) => {
+            cx.session.consistency = ReadConsistency::Stale;
+            ok()
+        }
+        ("readwrite", []) => {
+            cx.session.consistency = ReadConsistency::Linearizable;
+            ok()
+        }
+        ("select", [index]) => match parse_i64(index).and_then(|n| i32::try_from(n).ok()) {
+            None => error(ERR_NOT_INTEGER),
+            Some(0) => ok(),
+            Some(_) => error("ERR DB index is out of range"),
+        },
+        ("set", args) => cx.set(args).await,
+        ("ttl", [key]) => cx.ttl(key, 1000).await,
+        (name, _) => {
+            tracing::error!(command = name, "command in the table has no handler");
+            arity_error(name)
+        }
+    };
+    (frame, Flow::Continue)
+}
+
+/// One command's view of the server and its connection.
+struct Cx<'a, B> {
+    shared: &'a Shared<B>,
+    session: &'a mut Session,
+}
+
+impl<B: Backend> Cx<'_, B> {
+    fn now(&self) -> u64 {
+        self.shared.config.clock.now_ms()
+    }
+
+    /// Runs a backend call under the request timeout.
+    async fn call<T>(&self, call: impl Future<Output = Result<T, ApiError>>) -> Result<T, Early> {
+        let result = tokio::time::timeout(self.shared.config.request_timeout, call)
+            .await
+            .unwrap_or(Err(ApiError::Timeout));
+        result.map_err(|e| error(e.redis_error()))
+    }
+
+    /// Reads `keys` at the connection's consistency; refuses reserved keys.
+    async fn read(&self, keys: &[Bytes]) -> Result<Vec<Option<ValueRead>>, Early> {
+        if any_reserved(keys.iter()) {
+            return Err(error(ERR_RESERVED));
+        }
+        let wanted = keys.len();
+        let keys = keys.iter().map(|k| k.to_vec()).collect();
+        let values = self
+            .call(self.shared.backend.read(keys, self.session.consistency))
+            .await?;
+        if values.len() != wanted {
+            return Err(error(
+                ApiError::Internal(format!(
+                    "backend returned {} values for {wanted} keys",
+                    values.len()
+                ))
+                .redis_error(),
+            ));
+        }
+        Ok(values)
+    }
+
+    /// Proposes `commands` as one request stamped `now`.
+    async fn write(&self, now: u64, commands: Vec<Command>) -> Result<Vec<Reply>, Early> {
+        let wanted = commands.len();
+        let request = KvRequest {
+            issued_at_ms: now,
+            commands,
+        };
+        let replies = self.call(self.shared.backend.write(request)).await?;
+        if replies.len() != wanted {
+            return Err(error(
+                ApiError::Internal(format!(
+                    "backend returned {} replies for {wanted} commands",
+                    replies.len()
+                ))
+                .redis_error(),
+            ));
+        }
+        Ok(replies)
+    }
+
+    /// Proposes one command and returns its reply frame.
+    async fn write_one(&self, now: u64, command: Command) -> BytesFrame {
+        match self.write(now, vec![command]).await {
+            Ok(mut replies) => replies.pop().map_or_else(nil, reply::from_kv),
+            Err(frame) => frame,
+        }
+    }
+
+    async fn get(&self, key: &Bytes) -> BytesFrame {
+        match self.read(std::slice::from_ref(key)).await {
+            Ok(mut values) => match values.pop().flatten() {
+                Some(v) => bulk(v.value),
+                None => nil(),
+            },
+            Err(frame) => frame,
+        }
+    }
+
+    async fn mget(&self, keys: &[Bytes]) -> BytesFrame {
+        match self.read(keys).await {
+            Ok(values) => array(
+                values
+                    .into_iter()
+                    .map(|v| v.map_or_else(nil, |v| bulk(v.value)))
+                    .collect(),
+            ),
+            Err(frame) => frame,
+        }
+    }
+
+    async fn exists(&self, keys: &[Bytes]) -> BytesFrame {
+        match self.read(keys).await {
+            Ok(values) => {
+                let live = values.iter().filter(|v| v.is_some()).count();
+                int(i64::try_from(live).unwrap_or(i64::MAX))
+            }
+            Err(frame) => frame,
+        }
+    }
+
+    /// `TTL` (`unit_ms` 1000, rounded to the nearest second as Redis does) or
+    /// `PTTL` (`unit_ms` 1).
+    async fn ttl(&self, key: &Bytes, unit_ms: i64) -> BytesFrame {
+        let value = match self.read(std::slice::from_ref(key)).await {
+            Ok(mut values) => values.pop().flatten(),
+            Err(frame) => return frame,
+        };
+        let Some(value) = value else {
+            return int(-2);
+        };
+        if value.expire_at_ms == 0 {
+            return int(-1);
+        }
+        let left = i64::try_from(value.expire_at_ms.saturating_sub(self.now())).unwrap_or(i64::MAX);
+        int(left.saturating_add(unit_ms / 2) / unit_ms)
+    }
+
+    async fn dbsize(&self) -> BytesFrame {
+        match self
+            .call(self.shared.backend.dbsize(self.session.consistency))
+            .await
+        {
+            Ok(n) => int(i64::try_from(n).unwrap_or(i64::MAX)),
+            Err(frame) => frame,
+        }
+    }
+
+    async fn set(&self, args: &[Bytes]) -> BytesFrame {
+        let now = self.now();
+        let (key, value, options) = match args {
+            [key, value, options @ ..] => (key, value, options),
+            _ => return arity_error("set"),
+        };
+        let (expire_at_ms, condition) = match set_options(options, now) {
+            Ok(parsed) => parsed,
+            Err(frame) => return frame,
+        };
+        let command = Command::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            expire_at_ms,
+            condition,
+        };
+        self.write_one(now, command).await
+    }
+
+    async fn mset(&self, args: &[Bytes]) -> BytesFrame {
+        if !args.len().is_multiple_of(2) {
+            return arity_error("mset");
+        }
+        if any_reserved(args.iter().step_by(2)) {
+            return error(ERR_RESERVED);
+        }
+        let now = self.now();
+        let puts = args
+            .chunks_exact(2)
+            .map(|pair| Command::Put {
+                key: pair[0].to_vec(),
+                value: pair[1].to_vec(),
+                expire_at_ms: 0,
+                condition: PutCondition::Always,
+            })
+            .collect();
+        match self.write(now, puts).await {
+            Ok(replies) => replies
+                .into_iter()
+                .find(|r| *r != Reply::Ok)
+                .map_or_else(ok, reply::from_kv),
+            Err(frame) => frame,
+        }
+    }
+
+    async fn del(&self, keys: &[Bytes]) -> BytesFrame {
+        let now = self.now();
+        let keys = keys.iter().map(|k| k.to_vec()).collect();
+        self.write_one(now, Command::Delete { keys }).await
+    }
+
+    async fn incr_by(&self, key: &Bytes, delta: Result<i64, Early>) -> BytesFrame {
+        let delta = match delta {
+            Ok(delta) => delta,
+            Err(frame) => return frame,
+        };
+        let now = self.now();
+        let key = key.to_vec();
+        self.write_one(now, Command::IncrBy { key, delta }).await
+    }
+
+    /// `EXPIRE key seconds`, Redis 6: a time at or before now deletes the key.
+    async fn expire(&self, key: &Bytes, seconds: &Bytes) -> BytesFrame {
+        let now = self.now();
+        let Some(seconds) = parse_i64(seconds) else {
+            return error(ERR_NOT_INTEGER);
+        };
+        let when = seconds
+            .checked_mul(1000)
+            .and_then(|ms| ms.checked_add(i64::try_from(now).ok()?));
+        let Some(when) = when else {
+            return error("ERR invalid expire time in 'expire' command");
+        };
+        // The state machine deletes a key whose new expiry is at or before the
+        // request's time; `now` says "already expired" without a negative number.
+        let expire_at_ms = u64::try_from(when).unwrap_or(0).max(now);
+        let key = key.to_vec();
+        self.write_one(now, Command::Expire { key, expire_at_ms })
+            .await
+    }
+
+    async fn info(&self, args: &[Bytes]) -> BytesFrame {
+        let mut sections = Vec::new();
+        if args.is_empty() {
+            sections.extend_from_slice(Section::named(b"default"));
+        }
+        for arg in args {
+            sections.extend_from_slice(Section::named(arg));
+        }
+        let node = match tokio::time::timeout(
+            self.shared.config.request_timeout,
+            self.shared.backend.info(),
+        )
+        .await
+        {
+            Ok(node) => node,
+            Err(_) => return error(ApiError::Timeout.redis_error()),
+        };
+        let facts = ServerFacts {
+            port: self.shared.port,
+            uptime_s: self.shared.started.elapsed().as_secs(),
+            now_ms: self.now(),
+        };
+        bulk(info::render(&sections, &facts, &node))
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: RESP2 only.
+    async fn hello(&mut self, args: &[Bytes]) -> BytesFrame {
+        let mut name = None;
+        if let Some((version, options)) = args.split_first() {
+            match parse_i64(version) {
+                None => return error("ERR Protocol version is not an integer or out of range"),
+                Some(2) => {}
+                Some(_) => return error("NOPROTO sorry, this protocol version is not supported"),
+            }
+            let mut rest = options;
+            while let Some((option, tail)) = rest.split_first() {
+                match (option.to_ascii_uppercase().as_slice(), tail) {
+                    (b"SETNAME", [value, tail @ ..]) => {
+                        if let Err(frame) = check_name(value, "Client names") {
+                            return frame;
+                        }
+                        name = Some(value.to_vec());
+                        rest = tail;
+                    }
+                    (b"AUTH", [_, _, ..]) => {
+                        return error("ERR AUTH is not supported by sealkv");
+                    }
+                    _ => {
+                        return error(format!(
+                            "ERR Syntax error in HELLO option '{}'",
+                            String::from_utf8_lossy(truncate(option, 128))
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(name) = name {
+            self.session.name = (!name.is_empty()).then_some(name);
+        }
+        let role = match tokio::time::timeout(
+            self.shared.config.request_timeout,
+            self.shared.backend.info(),
+        )
+        .await
+        {
+            Ok(node) if node.role == RaftRole::Leader => "master",
+            Ok(_) => "replica",
+            Err(_) => return error(ApiError::Timeout.redis_error()),
+        };
+        array(vec![
+            bulk("server"),
+            bulk("redis"),
+            bulk("version"),
+            bulk(REDIS_VERSION),
+            bulk("proto"),
+            int(2),
+            bulk("id"),
+            int(i64::try_from(self.session.id).unwrap_or(i64::MAX)),
+            bulk("mode"),
+            bulk("standalone"),
+            bulk("role"),
+            bulk(role),
+            bulk("modules"),
+            array(vec![]),
+        ])
+    }
+
+    /// `CLIENT SETNAME | GETNAME | SETINFO | ID | HELP`.
+    fn client(&mut self, args: &[Bytes]) -> BytesFrame {
+        let Some((sub, rest)) = args.split_first() else {
+            return arity_error("client");
+        };
+        let sub_lower = sub.to_ascii_lowercase();
+        let (arity, full) = match sub_lower.as_slice() {
+            b"setname" => (1, "client|setname"),
+            b"getname" => (0, "client|getname"),
+            b"setinfo" => (2, "client|setinfo"),
+            b"id" => (0, "client|id"),
+            b"help" => (0, "client|help"),
+            _ => return unknown_subcommand(sub, "client"),
+        };
+        if rest.len() != arity {
+            return arity_error(full);
+        }
+        match (sub_lower.as_slice(), rest) {
+            (b"setname", [name]) => {
+                if let Err(frame) = check_name(name, "Client names") {
+                    return frame;
+                }
+                self.session.name = (!name.is_empty()).then(|| name.to_vec());
+                ok()
+            }
+            (b"getname", []) => self.session.name.clone().map_or_else(nil, bulk),
+            (b"setinfo", [attr, value]) => {
+                let known = [&b"lib-name"[..], b"lib-ver"];
+                if !known.contains(&attr.to_ascii_lowercase().as_slice()) {
+                    return error(format!(
+                        "ERR Unrecognized option '{}'",
+                        String::from_utf8_lossy(truncate(attr, 128))
+                    ));
+                }
+                // Validated as Redis does; the values are not kept.
+                match check_name(value, &String::from_utf8_lossy(truncate(attr, 128))) {
+                    Ok(()) => ok(),
+                    Err(frame) => frame,
+                }
+            }
+            (b"id", []) => int(i64::try_from(self.session.id).unwrap_or(i64::MAX)),
+            _ => help(&[
+                "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "GETNAME",
+                "    Return the name of the current connection.",
+                "ID",
+                "    Return the ID of the current connection.",
+                "SETINFO <option> <value>",
+                "    Set client meta attr. Options are: LIB-NAME, LIB-VER.",
+                "SETNAME <name>",
+                "    Assign the name <name> to the current connection.",
+                "HELP",
+                "    Print this help.",
+            ]),
+        }
+    }
+}
+
+/// Redis's rule for client names and library attributes: printable ASCII, no
+/// spaces. An empty value is allowed (it clears a name).
+fn check_name(value: &[u8], what: &str) -> Result<(), Early> {
+    if value.iter().all(|b| (b'!'..=b'~').contains(b)) {
+        Ok(())
+    } else {
+        Err(error(format!(
+            "ERR {what} cannot contain spaces, newlines or special characters."
+        )))
+    }
+}
+
+fn help(lines: &[&'static str]) -> BytesFrame {
+    array(lines.iter().copied().map(simple).collect())
+}
+
+/// `COMMAND [COUNT | LIST | INFO name ... | DOCS ... | HELP]`.
+fn command(args: &[Bytes]) -> BytesFrame {
+    let Some((sub, rest)) = args.split_first() else {
+        return array(COMMANDS.iter().map(Spec::frame).collect());
+    };
+    match sub.to_ascii_lowercase().as_slice() {
+        b"count" if rest.is_empty() => int(i64::try_from(COMMANDS.len()).unwrap_or(i64::MAX)),
+        b"count" => arity_error("command|count"),
+        b"list" if rest.is_empty() => array(COMMANDS.iter().map(|s| bulk(s.name)).collect()),
+        b"list" => error(ERR_SYNTAX),
+        b"info" if rest.is_empty() => array(COMMANDS.iter().map(Spec::frame).collect()),
+        b"info" => array(
+            rest.iter()
+                .map(|name| {
+                    let lower = name.to_ascii_lowercase();
+                    COMMANDS
+                        .iter()
+                        .find(|s| s.name.as_bytes() == lower)
+                        .map_or_else(nil, Spec::frame)
+                })
+                .collect(),
+        ),
+        // sealkv ships no command docs; an empty reply lets redis-cli fall back to
+        // its built-in help.
+        b"docs" => array(vec![]),
+        b"help" if rest.is_empty() => help(&[
+            "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "(no subcommand)",
+            "    Return details about all commands.",
+            "COUNT",
+            "    Return the total number of commands in this server.",
+            "LIST",
+            "    Return a list of all commands in this server.",
+            "INFO [<command-name> ...]",
+            "    Return details about the given commands, or all of them.",
+            "DOCS [<command-name> ...]",
+            "    Answers an empty array: sealkv ships no command docs.",
+            "HELP",
+            "    Print this help.",
+        ]),
+        b"help" => arity_error("command|help"),
+        _ => unknown_subcommand(sub, "command"),
+    }
+}
+
+/// Parses `SET`'s options after the key and value into an absolute expiry (0 for
+/// none) and a condition, with Redis's precedence: a syntax error first, then the
+/// expire value.
+fn set_options(options: &[Bytes], now: u64) -> Result<(u64, PutCondition), Early> {
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Unit {
+        Ex,
+        Px,
+        ExAt,
+        PxAt,
+    }
+    let mut condition = PutCondition::Always;
+    let mut expiry: Option<(Unit, &Bytes)> = None;
+    let mut i = 0;
+    while let Some(option) = options.get(i) {
+        let next = options.get(i + 1);
+        let upper = option.to_ascii_uppercase();
+        let unit = match upper.as_slice() {
+            b"EX" => Some(Unit::Ex),
+            b"PX" => Some(Unit::Px),
+            b"EXAT" => Some(Unit::ExAt),
+            b"PXAT" => Some(Unit::PxAt),
+            _ => None,
+        };
+        match (upper.as_slice(), unit, next) {
+            (b"NX", ..) if condition != PutCondition::IfPresent => {
+                condition = PutCondition::IfAbsent;
+            }
+            (b"XX", ..) if condition != PutCondition::IfAbsent => {
+                condition = PutCondition::IfPresent;
+            }
+            (_, Some(unit), Some(value)) if expiry.is_none_or(|(other, _)| other == unit) => {
+                expiry = Some((unit, value));
+                i += 1;
+            }
+            (b"KEEPTTL", ..) => return Err(error("ERR SET KEEPTTL is not supported by sealkv")),
+            (b"GET", ..) => return Err(error("ERR SET GET is not supported by sealkv")),
+            _ => return Err(error(ERR_SYNTAX)),
+        }
+        i += 1;
+    }
+    let Some((unit, value)) = expiry else {
+        return Ok((0, condition));
+    };
+    let Some(amount) = parse_i64(value) else {
+        return Err(error(ERR_NOT_INTEGER));
+    };
+    let invalid = || error("ERR invalid expire time in 'set' command");
+    if amount <= 0 {
+        return Err(invalid());
+    }
+    let ms = match unit {
+        Unit::Ex | Unit::ExAt => amount.checked_mul(1000).ok_or_else(invalid)?,
+        Unit::Px | Unit::PxAt => amount,
+    };
+    let at = match unit {
+        Unit::Ex | Unit::Px => i64::try_from(now)
+            .ok()
+            .and_then(|now| ms.checked_add(now))
+            .ok_or_else(invalid)?,
+        Unit::ExAt | Unit::PxAt => ms,
+    };
+    let at = u64::try_from(at).map_err(|_| invalid())?;
+    Ok((at, condition))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sorted_and_lowercase() {
+        assert!(COMMANDS.windows(2).all(|w| w[0].name < w[1].name));
+        assert!(
+            COMMANDS
+                .iter()
+                .all(|s| s.name == s.name.to_ascii_lowercase())
+        );
+    }
+
+    fn opts(text: &str) -> Vec<Bytes> {
+        text.split_whitespace()
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect()
+    }
+
+    fn err_text(frame: BytesFrame) -> String {
+        match frame {
+            BytesFrame::Error(s) => s.to_string(),
+            other => panic!("not an error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn set_options_follow_redis() {
+        const NOW: u64 = 1_000_000;
+        let ok_cases: &[(&str, (u64, PutCondition))] = &[
+            ("", (0, PutCondition::Always)),
+            ("nx", (0, PutCondition::IfAbsent)),
+            ("NX NX", (0, PutCondition::IfAbsent)),
+            ("xx", (0, PutCondition::IfPresent)),
+            ("EX 10", (NOW + 10_000, PutCondition::Always)),
+            ("px 10 NX", (NOW + 10, PutCondition::IfAbsent)),
+            ("XX PX 10", (NOW + 10, PutCondition::IfPresent)),
+            ("EX 1 EX 2", (NOW + 2_000, PutCondition::Always)),
+            ("EXAT 5", (5_000, PutCondition::Always)),
+            ("PXAT 5", (5, PutCondition::Always)),
+        ];
+        for (text, want) in ok_cases {
+            assert_eq!(set_options(&opts(text), NOW).ok(), Some(*want), "{text}");
+        }
+        let err_cases: &[(&str, &str)] = &[
+            ("NX XX", ERR_SYNTAX),
+            ("XX NX", ERR_SYNTAX),
+            ("EX 1 PX 1", ERR_SYNTAX),
+            ("EX", ERR_SYNTAX),
+            ("FOO", ERR_SYNTAX),
+            ("EX 1 FOO", ERR_SYNTAX),
+            ("EX x", ERR_NOT_INTEGER),
+            ("EX 0", "ERR invalid expire time in 'set' command"),
+            ("PX -5", "ERR invalid expire time in 'set' command"),
+            (
+                "EX 9223372036854775807",
+                "ERR invalid expire time in 'set' command",
+            ),
+            (
+                "PX 9223372036854775807",
+                "ERR invalid expire time in 'set' command",
+            ),
+            ("EX x FOO", ERR_SYNTAX),
+            ("KEEPTTL", "ERR SET KEEPTTL is not supported by sealkv"),
+            ("GET", "ERR SET GET is not supported by sealkv"),
+        ];
+        for (text, want) in err_cases {
+            let got = set_options(&opts(text), NOW).map(|_| ()).map_err(err_text);
+            assert_eq!(got, Err((*want).to_string()), "{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_command_text_matches_redis() {
+        let frame = unknown_command(b"FOO", &opts("a b"));
+        assert_eq!(
+            err_text(frame),
+            "ERR unknown command 'FOO', with args beginning with: 'a' 'b' "
+        );
+        let frame = unknown_command(b"foo", &[]);
+        assert_eq!(
+            err_text(frame),
+            "ERR unknown command 'foo', with args beginning with: "
+        );
+        let long = Bytes::from(vec![b'x'; 300]);
+        let text = err_text(unknown_command(b"foo", &[long.clone(), long]));
+        let listed = text
+            .split_once("with: ")
+            .map(|(_, l)| l.to_string())
+            .unwrap_or_default();
+        assert_eq!(listed, format!("'{}' ", "x".repeat(128)));
+    }
+}

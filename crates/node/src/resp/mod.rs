@@ -1,0 +1,240 @@
+//! The data API: a RESP2 (Redis protocol) server in front of a [`Backend`].
+//!
+//! Ordinary Redis clients (`redis-cli`, redis-rs, redis-py, go-redis in RESP2 mode)
+//! talk to a sealkv node through [`serve`]. The server parses commands, turns each
+//! into reads or one [`KvRequest`](sealkv_kv::KvRequest) for the backend, and
+//! answers with Redis's reply shapes and error texts. It knows nothing of Raft: the
+//! node's Raft driver implements [`Backend`], and the two meet only there.
+//!
+//! # Commands
+//!
+//! | command | notes |
+//! |---|---|
+//! | `PING [message]`, `ECHO message` | |
+//! | `GET key`, `MGET key [key ...]` | |
+//! | `SET key value [EX s \| PX ms \| EXAT unix-s \| PXAT unix-ms] [NX \| XX]` | `KEEPTTL` and `GET` are refused |
+//! | `MSET key value [key value ...]` | one atomic entry |
+//! | `DEL key [key ...]`, `EXISTS key [key ...]` | `EXISTS` counts repeated keys, as Redis does |
+//! | `INCR`, `DECR`, `INCRBY`, `DECRBY` | |
+//! | `EXPIRE key seconds` | Redis 6 form (no `NX`/`XX`/`GT`/`LT`); a TTL ≤ 0 deletes |
+//! | `TTL key`, `PTTL key` | `-2` missing, `-1` no expiry |
+//! | `DBSIZE` | |
+//! | `INFO [section ...]` | sections `server`, `replication` (`default`, `all`, `everything` give both) |
+//! | `COMMAND`, `COMMAND COUNT \| LIST \| INFO \| DOCS \| HELP` | `DOCS` answers an empty array |
+//! | `CLIENT SETNAME \| GETNAME \| SETINFO \| ID \| HELP` | |
+//! | `SELECT 0` | only database 0 exists |
+//! | `HELLO [2] [SETNAME name]` | `HELLO 3` answers `-NOPROTO` |
+//! | `READONLY`, `READWRITE` | the read-consistency switch, below |
+//! | `AUTH` | refused: sealkv has no passwords yet |
+//! | `QUIT` | `+OK`, then the connection closes |
+//!
+//! Anything else answers `ERR unknown command '...', with args beginning with: ...`.
+//!
+//! # Time
+//!
+//! Every write carries this server's wall clock as `issued_at_ms`, and relative
+//! expiries (`EX`, `PX`, `EXPIRE`) become absolute `expire_at_ms = now + ttl` here, at
+//! propose time, so every replica judges expiry the same way. `TTL`/`PTTL` subtract
+//! this server's clock from the stored absolute expiry.
+//!
+//! # Read consistency
+//!
+//! Each connection starts with [`ReadConsistency::Linearizable`] reads, which only
+//! the leader can serve (a follower answers `-NOTLEADER ...`). `READONLY` switches
+//! the connection to [`ReadConsistency::Stale`] reads, served from the node's own
+//! applied state (possibly behind the leader, but available on every node);
+//! `READWRITE` switches back. Both answer `+OK`. Writes always go to the leader. The
+//! names follow Redis Cluster, whose clients send `READONLY` to read from replicas.
+//!
+//! # The reserved keyspace
+//!
+//! Keys under `!encryption|` hold the encryption control plane and are not user
+//! data. Writes to them go to the state machine, which refuses them with
+//! `ERR key is in the reserved keyspace !encryption|`. Reads of them (`GET`, `MGET`,
+//! `EXISTS`, `TTL`, `PTTL`) are answered here with the same error rather than nil,
+//! so a client learns the key is unusable instead of seeing it as merely absent;
+//! `MSET` is refused here as a whole, so it stays atomic.
+//!
+//! # Errors
+//!
+//! A backend failure becomes an error reply (see [`ApiError::redis_error`]) and the
+//! connection stays open. Bytes that are not a well-formed command within
+//! [`Limits`] get `-ERR Protocol error: ...` and the connection closes. Pipelined
+//! commands run one after another in arrival order; replies are buffered and
+//! flushed whenever no further complete command is waiting.
+
+mod args;
+mod backend;
+mod codec;
+mod commands;
+mod connection;
+mod info;
+mod reply;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+pub use backend::{ApiError, Backend, InfoSnapshot, RaftRole, ReadConsistency, ValueRead};
+pub use codec::{Limits, MAX_HEADER_LEN, ProtocolError};
+
+/// The wall clock the server stamps requests and computes expiries with, in ms
+/// since the Unix epoch. [`Clock::system`] in production; tests may supply their own.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Clock {
+    /// The system wall clock.
+    pub fn system() -> Clock {
+        Clock(Arc::new(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        }))
+    }
+
+    /// A clock that reads `now`.
+    pub fn from_fn(now: impl Fn() -> u64 + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
+    }
+
+    /// The current time in ms since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Clock").field(&self.now_ms()).finish()
+    }
+}
+
+/// How the server runs. [`Config::default`] suits production.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Caps on inbound commands.
+    pub limits: Limits,
+    /// The most connections served at once; one more is told
+    /// `-ERR max number of clients reached` and closed (Redis's `maxclients`).
+    pub max_clients: usize,
+    /// How long one backend call may take before the client is answered
+    /// `-TIMEOUT ...`. The backend should time out first; this is the backstop.
+    pub request_timeout: Duration,
+    /// The wall clock.
+    pub clock: Clock,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            limits: Limits::default(),
+            max_clients: 10_000,
+            request_timeout: Duration::from_secs(30),
+            clock: Clock::system(),
+        }
+    }
+}
+
+/// What every connection of one server shares.
+struct Shared<B> {
+    backend: Arc<B>,
+    config: Config,
+    started: Instant,
+    port: u16,
+    next_client_id: AtomicU64,
+}
+
+/// Serves the Redis protocol on `listener` with the default [`Config`] until
+/// `shutdown` completes. See [`serve_with`].
+///
+/// # Errors
+/// As [`serve_with`].
+pub async fn serve<B: Backend>(
+    listener: TcpListener,
+    backend: Arc<B>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(listener, backend, Config::default(), shutdown).await
+}
+
+/// Serves the Redis protocol on `listener` until `shutdown` completes, then stops
+/// accepting, closes every connection (a command in flight is abandoned; a write
+/// may still be applied) and returns.
+///
+/// A failed `accept` (a connection reset before it was accepted, no file
+/// descriptors left) is logged and retried after a short pause: it concerns one
+/// connection or passes, and must not take the server down.
+///
+/// # Errors
+/// When the listener's local address cannot be read.
+pub async fn serve_with<B: Backend>(
+    listener: TcpListener,
+    backend: Arc<B>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    let slots = Arc::new(Semaphore::new(config.max_clients));
+    let shared = Arc::new(Shared {
+        backend,
+        config,
+        started: Instant::now(),
+        port: local.port(),
+        next_client_id: AtomicU64::new(1),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tracing::info!(addr = %local, "serving the redis protocol");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!("redis connection task failed: {e}");
+                }
+            }
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!("accept a redis connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+                let slot = Arc::clone(&slots).try_acquire_owned().ok();
+                let shared = Arc::clone(&shared);
+                let mut stopped = stopped.clone();
+                connections.spawn(async move {
+                    let Some(_slot) = slot else {
+                        connection::refuse(stream, peer).await;
+                        return;
+                    };
+                    tokio::select! {
+                        _ = stopped.wait_for(|stop| *stop) => {}
+                        () = connection::run(stream, peer, id, &shared) => {}
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    // Every receiver is in a spawned task; a send error only means none is left.
+    let _ = stop.send(true);
+    while let Some(done) = connections.join_next().await {
+        if let Err(e) = done {
+            tracing::error!("redis connection task failed: {e}");
+        }
+    }
+    tracing::info!(addr = %local, "stopped serving the redis protocol");
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! The `sealkv` binary as an operator runs it: the startup sequence and its order,
+//! refusals that name what to fix, and honest help.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Startup runs its steps in the documented order, serves, and stops cleanly on
+/// SIGTERM.
+#[test]
+fn start_runs_the_steps_in_order() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = Node::new(dir.path(), 7, &[]);
+    node.start("");
+    eventually("the listening line", Duration::from_secs(10), || {
+        node.log_text().contains("listening").then_some(())
+    });
+    let status = node.terminate();
+    assert!(status.success(), "exit {status:?}: {}", node.log_text());
+    let log = node.log_text();
+    let steps = [
+        "opened store",
+        "built writer-registry glue",
+        "built encryption applier",
+        "built state machine with encryption",
+        "opened raft log and started raft driver",
+        "listening",
+        "shutting down",
+    ];
+    let positions: Vec<usize> = steps
+        .iter()
+        .map(|s| {
+            log.find(s)
+                .unwrap_or_else(|| panic!("missing step {s:?} in {log}"))
+        })
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "steps out of order: {log}"
+    );
+    assert!(
+        node.data_dir.join("db").join("CURRENT").exists(),
+        "RocksDB was not created"
+    );
+}
+
+/// A data dir that cannot be created fails on the first step, in one line.
+#[test]
+fn unusable_data_dir_names_the_step() {
+    let file = tempfile::NamedTempFile::new().expect("tempfile");
+    let (ok, _, stderr) = run(sealkv().args(["start", "--data-dir"]).arg(file.path()));
+    assert!(!ok);
+    let last = stderr.lines().last().expect("an error line");
+    assert!(last.starts_with("sealkv: create data dir"), "{stderr}");
+}
+
+/// A second process on the same data dir is refused at the lock, before it opens
+/// anything, and the first keeps running.
+#[test]
+fn second_process_on_a_data_dir_is_refused() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut first = Node::new(dir.path(), 1, &[]);
+    first.start("");
+    let second = Node::new(dir.path(), 1, &[]);
+    let (ok, _, stderr) = run(sealkv()
+        .args(["start", "--data-dir"])
+        .arg(&first.data_dir)
+        .args(["--raft-addr", &second.raft, "--redis-addr", &second.redis])
+        .args(["--admin-addr", &second.admin]));
+    assert!(!ok);
+    let last = stderr.lines().last().expect("an error line");
+    assert!(last.starts_with("sealkv: lock data dir"), "{stderr}");
+    assert!(last.contains("another sealkv process"), "{stderr}");
+    assert!(
+        !stderr.contains("opened store"),
+        "later steps ran: {stderr}"
+    );
+    assert!(first.exited().is_none(), "the first node died");
+    assert!(first.status().is_some());
+}
+
+/// A listen address in use is refused naming the flag.
+#[test]
+fn busy_listen_address_names_the_flag() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = taken.local_addr().expect("addr").to_string();
+    let node = Node::new(dir.path(), 1, &[]);
+    let (ok, _, stderr) = run(sealkv()
+        .args(["start", "--data-dir"])
+        .arg(&node.data_dir)
+        .args(["--raft-addr", &node.raft, "--redis-addr", &taken])
+        .args(["--admin-addr", &node.admin]));
+    assert!(!ok);
+    let last = stderr.lines().last().expect("an error line");
+    assert!(last.contains("--redis-addr"), "{stderr}");
+}
+
+/// `sealkv status` against nothing says which flag to fix.
+#[test]
+fn status_without_a_node_names_the_flag() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (ok, _, stderr) = run(sealkv().args(["status", "--admin-addr", &addr]));
+    assert!(!ok);
+    let last = stderr.lines().last().expect("an error line");
+    assert!(last.contains("--admin-addr"), "{stderr}");
+}
+
+/// The help text tells the truth about what this build does.
+#[test]
+fn help_is_honest() {
+    let (ok, stdout, _) = run(sealkv().arg("--help"));
+    assert!(ok);
+    assert!(
+        stdout.contains("Encryption of stored values is not part"),
+        "{stdout}"
+    );
+    for sub in ["start", "status", "cluster"] {
+        assert!(stdout.contains(sub), "{sub} missing: {stdout}");
+    }
+    let (ok, stdout, _) = run(sealkv().args(["start", "--help"]));
+    assert!(ok);
+    for flag in [
+        "--data-dir",
+        "--raft-addr",
+        "--redis-addr",
+        "--admin-addr",
+        "--peers",
+        "--join",
+    ] {
+        assert!(stdout.contains(flag), "{flag} missing: {stdout}");
+    }
+    let (ok, stdout, _) = run(sealkv().args(["cluster", "--help"]));
+    assert!(ok);
+    for verb in ["add-node", "add-learner", "remove-node"] {
+        assert!(stdout.contains(verb), "{verb} missing: {stdout}");
+    }
+}

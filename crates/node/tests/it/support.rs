@@ -1,0 +1,295 @@
+//! A harness for clusters of real `sealkv` processes on loopback: free ports, data
+//! dirs in a temp dir, logs in files, start/kill/terminate/restart, and clients
+//! (redis-rs for data, the admin endpoint for status).
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Cluster tests run one at a time: each starts several processes, and two clusters
+/// electing leaders at once on two cores make elections slow and tests flaky.
+pub static CLUSTER: Mutex<()> = Mutex::new(());
+
+/// Takes the cluster lock, even if an earlier test panicked while holding it.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    CLUSTER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A `sealkv` command with a clean environment.
+pub fn sealkv() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sealkv"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SEALKV_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("SEALKV_LOG", "info,raft=warn");
+    cmd
+}
+
+/// Runs a command to completion: (success, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().expect("run sealkv");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A free loopback port (bound, then released for the node to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Waits until `f` returns `Some`, or panics with `what` after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One node's addresses and process.
+pub struct Node {
+    /// Raft id.
+    pub id: u64,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Raft address.
+    pub raft: String,
+    /// Redis address.
+    pub redis: String,
+    /// Admin address.
+    pub admin: String,
+    log: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// A node with fresh ports under `dir`.
+    pub fn new(dir: &Path, id: u64, extra: &[&str]) -> Node {
+        Node {
+            id,
+            data_dir: dir.join(format!("node{id}")),
+            raft: format!("127.0.0.1:{}", free_port()),
+            redis: format!("127.0.0.1:{}", free_port()),
+            admin: format!("127.0.0.1:{}", free_port()),
+            log: dir.join(format!("node{id}.log")),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        }
+    }
+
+    /// Starts the process with `--peers peers` (empty for none) and any extra flags.
+    pub fn start(&mut self, peers: &str) {
+        assert!(self.child.is_none(), "node {} already running", self.id);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let mut cmd = sealkv();
+        cmd.args(["start", "--id", &self.id.to_string()])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--raft-addr", &self.raft])
+            .args(["--redis-addr", &self.redis])
+            .args(["--admin-addr", &self.admin])
+            .args(["--tick-ms", "50"]);
+        if !peers.is_empty() {
+            cmd.args(["--peers", peers]);
+        }
+        cmd.args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn sealkv"));
+        let admin = self.admin.clone();
+        eventually(
+            &format!("node {} admin endpoint", self.id),
+            Duration::from_secs(30),
+            || {
+                if let Some(code) = self.exited() {
+                    panic!(
+                        "node {} exited with {code:?}:\n{}",
+                        self.id,
+                        self.log_text()
+                    );
+                }
+                status(&admin)
+            },
+        );
+    }
+
+    /// Whether the process has exited, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("node running");
+        let (ok, _, err) = run(Command::new("kill").args(["-TERM", &c.id().to_string()]));
+        assert!(ok, "kill -TERM: {err}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} ignored SIGTERM",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The node's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A Redis connection to the node.
+    pub fn redis(&self) -> redis::Connection {
+        let client = redis::Client::open(format!("redis://{}/", self.redis)).expect("redis url");
+        let conn = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect redis");
+        conn.set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("read timeout");
+        conn
+    }
+
+    /// `GET /status`, when the node answers.
+    pub fn status(&self) -> Option<Value> {
+        status(&self.admin)
+    }
+
+    /// `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        http(&self.admin, "GET", "/metrics", None)
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal HTTP/1.1 request over TCP: (status code, body).
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// `GET /status` as JSON.
+pub fn status(admin: &str) -> Option<Value> {
+    let (code, body) = http(admin, "GET", "/status", None)?;
+    (code == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
+}
+
+/// A cluster of nodes 1..=n, all voters, sharing one temp dir.
+pub struct Cluster {
+    /// The temp dir (data dirs and logs).
+    pub dir: tempfile::TempDir,
+    /// The nodes, node `i` at index `i - 1`.
+    pub nodes: Vec<Node>,
+    /// The `--peers` value.
+    pub peers: String,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with `extra` flags and waits for a leader.
+    pub fn start(n: u64, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut nodes: Vec<Node> = (1..=n).map(|id| Node::new(dir.path(), id, extra)).collect();
+        let peers = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.raft))
+            .collect::<Vec<_>>()
+            .join(",");
+        for node in &mut nodes {
+            node.start(&peers);
+        }
+        let cluster = Cluster { dir, nodes, peers };
+        cluster.leader();
+        cluster
+    }
+
+    /// The node `id`.
+    pub fn node(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Waits until the running nodes agree on a leader, and returns its id.
+    pub fn leader(&self) -> u64 {
+        eventually("a leader", Duration::from_secs(30), || {
+            let mut leader = None;
+            for node in &self.nodes {
+                let Some(s) = node.status() else { continue };
+                if s["role"] == "leader" {
+                    leader = s["id"].as_u64();
+                }
+            }
+            let leader = leader?;
+            // Every running node follows it.
+            self.nodes
+                .iter()
+                .filter_map(|n| n.status())
+                .all(|s| s["leader_id"].as_u64() == Some(leader))
+                .then_some(leader)
+        })
+    }
+
+    /// A running node other than `id`.
+    pub fn other_than(&self, id: u64) -> u64 {
+        self.nodes
+            .iter()
+            .find(|n| n.id != id && n.status().is_some())
+            .map(|n| n.id)
+            .expect("another running node")
+    }
+}

@@ -1,0 +1,243 @@
+//! The state-machine snapshot dump: every row of the `data`, `meta` and `registry`
+//! column families, read from one RocksDB snapshot, in a versioned length-prefixed
+//! format. [`RaftLog`](crate::RaftLog)'s `Storage::snapshot` produces it and
+//! [`RocksStore::install_snapshot`](crate::RocksStore::install_snapshot) consumes it.
+//!
+//! ```text
+//! header, 5 bytes:
+//! 0            4         5
+//! +------------+---------+
+//! | magic      | version |
+//! | "SKVS"     | 0x01    |
+//! +------------+---------+
+//!
+//! record, 9 + K + V bytes, any number of times:
+//! 0       1                5         5+K               9+K        9+K+V
+//! +-------+----------------+---------+-----------------+----------+
+//! | cf_id | key_len u32 BE | key (K) | val_len u32 BE  | val (V)  |
+//! +-------+----------------+---------+-----------------+----------+
+//! cf_id: 0x01 data, 0x02 meta, 0x03 registry
+//!
+//! end, 9 bytes, exactly once, last:
+//! 0       1
+//! +-------+-------------------------+
+//! | 0x00  | record_count u64 BE     |
+//! +-------+-------------------------+
+//! ```
+//!
+//! The end marker and its record count make a dump cut short at any offset, even
+//! exactly between two records, a decoding error rather than a smaller state. Bytes
+//! after the end marker are an error too. The decoder checks every length against the
+//! bytes left before reading, borrows keys and values from the input, and grows its
+//! record list only as records are read, so it never allocates more than the input
+//! justifies. A flipped byte inside a key or value is not detected: the dump has no
+//! checksum, and relies on the Raft transport to deliver it intact.
+
+use rocksdb::{DB, IteratorMode};
+
+use crate::rocks::{APPLIED_INDEX_KEY, CF_DATA, CF_META, CF_REGISTRY, cf, decode_applied_index};
+use crate::{Result, StoreError, rocks::backend};
+
+/// The first four bytes of every dump.
+pub(crate) const MAGIC: &[u8; 4] = b"SKVS";
+/// The only dump version this code writes and reads.
+pub(crate) const VERSION: u8 = 1;
+/// The `cf_id` byte that marks the end of the records.
+const END_MARKER: u8 = 0x00;
+
+/// The column families a dump carries, with their `cf_id` byte.
+pub(crate) const DUMPED_CFS: [(u8, &str); 3] =
+    [(0x01, CF_DATA), (0x02, CF_META), (0x03, CF_REGISTRY)];
+
+/// A dump taken by [`dump_state`].
+#[derive(Debug)]
+pub(crate) struct StateDump {
+    /// The applied index read from the same RocksDB snapshot as the rows (0 when the
+    /// store has applied nothing).
+    pub(crate) applied_index: u64,
+    /// The encoded dump.
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// One row of a decoded dump, borrowed from the input.
+#[derive(Debug)]
+pub(crate) struct Record<'a> {
+    /// The column family's name.
+    pub(crate) cf: &'static str,
+    /// The row's key.
+    pub(crate) key: &'a [u8],
+    /// The row's value.
+    pub(crate) value: &'a [u8],
+}
+
+/// A decoded, fully validated dump: it has a well-formed applied index among its
+/// `meta` rows.
+#[derive(Debug)]
+pub(crate) struct Decoded<'a> {
+    /// Every row, in dump order.
+    pub(crate) records: Vec<Record<'a>>,
+}
+
+fn corrupt(reason: String) -> StoreError {
+    StoreError::Corrupt {
+        what: "snapshot dump",
+        reason,
+    }
+}
+
+fn put_len(out: &mut Vec<u8>, what: &str, bytes: &[u8]) -> Result<()> {
+    let len = u32::try_from(bytes.len()).map_err(|_| {
+        corrupt(format!(
+            "{what} of {} bytes does not fit a u32",
+            bytes.len()
+        ))
+    })?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// Dumps the state machine's column families from one RocksDB snapshot, so the rows
+/// and the applied index are from the same instant.
+///
+/// # Errors
+/// [`StoreError::Backend`] when RocksDB fails to read, [`StoreError::Corrupt`] when the
+/// stored applied index is malformed or a row is too large for the format.
+pub(crate) fn dump_state(db: &DB) -> Result<StateDump> {
+    let snapshot = db.snapshot();
+    let applied_index = match snapshot
+        .get_pinned_cf(cf(db, CF_META)?, APPLIED_INDEX_KEY)
+        .map_err(|e| backend("read applied index for snapshot", e))?
+    {
+        Some(raw) => decode_applied_index(&raw)?,
+        None => 0,
+    };
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(MAGIC);
+    bytes.push(VERSION);
+    let mut count: u64 = 0;
+    for (id, name) in DUMPED_CFS {
+        for item in snapshot.iterator_cf(cf(db, name)?, IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| backend("read rows for snapshot", e))?;
+            bytes.push(id);
+            put_len(&mut bytes, "key", &key)?;
+            put_len(&mut bytes, "value", &value)?;
+            count += 1;
+        }
+    }
+    bytes.push(END_MARKER);
+    bytes.extend_from_slice(&count.to_be_bytes());
+    Ok(StateDump {
+        applied_index,
+        bytes,
+    })
+}
+
+/// A bounds-checked big-endian cursor; every read checks the length first and reports
+/// a shortfall as [`StoreError::Corrupt`] naming the field and the offset.
+struct Reader<'a> {
+    rest: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8]> {
+        let Some((head, tail)) = self.rest.split_at_checked(n) else {
+            return Err(corrupt(format!(
+                "{field} at offset {} needs {n} bytes, {} left",
+                self.offset,
+                self.rest.len()
+            )));
+        };
+        self.rest = tail;
+        self.offset += n;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N]> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N, field)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self, field: &str) -> Result<u8> {
+        Ok(u8::from_be_bytes(self.array(field)?))
+    }
+
+    fn u64(&mut self, field: &str) -> Result<u64> {
+        Ok(u64::from_be_bytes(self.array(field)?))
+    }
+
+    /// A u32 BE length and that many bytes. The length is compared with the bytes
+    /// left before anything is read, as a 64-bit number so it can never wrap.
+    fn blob(&mut self, field: &str) -> Result<&'a [u8]> {
+        let len = u32::from_be_bytes(self.array(field)?);
+        if u64::from(len) > self.rest.len() as u64 {
+            return Err(corrupt(format!(
+                "{field} length {len} at offset {} overruns the {} bytes left",
+                self.offset,
+                self.rest.len()
+            )));
+        }
+        self.take(len as usize, field)
+    }
+}
+
+/// Decodes and validates a whole dump before anything is written.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] on a wrong magic, an unknown version, an unknown `cf_id`,
+/// a length that overruns the input, a missing end marker, a record count that does
+/// not match, trailing bytes, or a missing or malformed applied index.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>> {
+    let mut r = Reader {
+        rest: bytes,
+        offset: 0,
+    };
+    let magic = r.take(MAGIC.len(), "magic")?;
+    if magic != MAGIC {
+        return Err(corrupt(format!("magic {magic:02x?}, want {MAGIC:02x?}")));
+    }
+    let version = r.u8("version")?;
+    if version != VERSION {
+        return Err(corrupt(format!("unknown version {version}")));
+    }
+    let mut records = Vec::new();
+    let mut has_applied_index = false;
+    loop {
+        let id = r.u8("cf_id")?;
+        if id == END_MARKER {
+            break;
+        }
+        let Some((_, cf)) = DUMPED_CFS.iter().find(|(known, _)| *known == id) else {
+            return Err(corrupt(format!(
+                "unknown cf_id {id:#04x} at offset {}",
+                r.offset - 1
+            )));
+        };
+        let key = r.blob("key")?;
+        let value = r.blob("value")?;
+        if *cf == CF_META && key == APPLIED_INDEX_KEY {
+            decode_applied_index(value)?;
+            has_applied_index = true;
+        }
+        records.push(Record { cf, key, value });
+    }
+    let count = r.u64("record count")?;
+    if count != records.len() as u64 {
+        return Err(corrupt(format!(
+            "end marker counts {count} records, the dump has {}",
+            records.len()
+        )));
+    }
+    if !r.rest.is_empty() {
+        return Err(corrupt(format!(
+            "{} bytes after the end marker",
+            r.rest.len()
+        )));
+    }
+    if !has_applied_index {
+        return Err(corrupt("no applied index in the meta rows".to_string()));
+    }
+    Ok(Decoded { records })
+}
