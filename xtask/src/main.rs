@@ -79,8 +79,15 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The workspace root, from the `CARGO_MANIFEST_DIR` that `cargo xtask` sets when it
+/// runs this binary. It is read at run time, not baked in with `env!`: cargo reuses a
+/// binary built from another checkout that shares the target dir, and a baked-in path
+/// would then point at that other checkout.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))

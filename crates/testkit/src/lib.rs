@@ -12,12 +12,19 @@ use std::path::PathBuf;
 pub use serde_json::Value;
 
 /// The vector directory in use.
+///
+/// The default is found from the `CARGO_MANIFEST_DIR` that `cargo test` sets for the
+/// running test (every crate sits at `crates/<name>`), read at run time so that a
+/// test binary cargo reuses from another checkout sharing the target dir still finds
+/// this checkout's vectors.
 pub fn vectors_dir() -> PathBuf {
-    std::env::var_os("SEALKV_VECTORS_DIR")
+    if let Some(dir) = std::env::var_os("SEALKV_VECTORS_DIR") {
+        return PathBuf::from(dir);
+    }
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors")
-        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.join("../../../shared/vectors")
 }
 
 /// Reads and parses one vector file, panicking with its path when it is missing.
