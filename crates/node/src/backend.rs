@@ -4,10 +4,12 @@
 //! linearizable reads wait for a Raft ReadIndex confirmed by a quorum and for this
 //! node to apply up to it; stale reads read what this node has applied.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sealkv_kv::{KvRequest, Outcome, ReadError, Reader, Reply};
 
+use crate::consensus::transport::Transport;
 use crate::consensus::{ProposeError, RaftHandle, Role};
 use crate::resp::{ApiError, Backend, InfoSnapshot, RaftRole, ReadConsistency, ValueRead};
 
@@ -16,12 +18,18 @@ use crate::resp::{ApiError, Backend, InfoSnapshot, RaftRole, ReadConsistency, Va
 pub struct NodeBackend {
     raft: RaftHandle,
     reader: Reader,
+    transport: Arc<Transport>,
 }
 
 impl NodeBackend {
-    /// A backend over the driver and a reader of the same store.
-    pub fn new(raft: RaftHandle, reader: Reader) -> NodeBackend {
-        NodeBackend { raft, reader }
+    /// A backend over the driver and a reader of the same store; the transport tells
+    /// where the leader serves Redis clients.
+    pub fn new(raft: RaftHandle, reader: Reader, transport: Arc<Transport>) -> NodeBackend {
+        NodeBackend {
+            raft,
+            reader,
+            transport,
+        }
     }
 
     async fn barrier(&self, consistency: ReadConsistency) -> Result<(), ApiError> {
@@ -116,7 +124,7 @@ impl Backend for NodeBackend {
                 Role::Leader => RaftRole::Leader,
             },
             leader_id: s.leader_id,
-            leader_addr: None,
+            leader_addr: s.leader_id.and_then(|id| self.transport.redis_addr_of(id)),
             term: s.term,
             commit_index: s.commit_index,
             applied_index: s.applied_index,

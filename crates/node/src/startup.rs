@@ -188,7 +188,11 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         );
     }
     let metrics = Arc::new(Metrics::new().context("register metrics")?);
-    let transport = transport::Transport::new(config.id, tokio::runtime::Handle::current());
+    let transport = transport::Transport::new(
+        config.id,
+        config.redis_addr.clone(),
+        tokio::runtime::Handle::current(),
+    );
     let fsm_reader = fsm.reader();
     let (raft, driver) = consensus::spawn(
         DriverConfig {
@@ -235,16 +239,20 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
     let mut tasks = Vec::new();
     {
         let raft = raft.clone();
-        let id = config.id;
+        let transport = Arc::clone(&transport);
         let stop = until_stop(stopped.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = transport::serve(raft_listener, id, raft, stop).await {
+            if let Err(e) = transport::serve(raft_listener, transport, raft, stop).await {
                 tracing::error!("raft listener failed: {e}");
             }
         }));
     }
     {
-        let backend = Arc::new(NodeBackend::new(raft.clone(), fsm_reader));
+        let backend = Arc::new(NodeBackend::new(
+            raft.clone(),
+            fsm_reader,
+            Arc::clone(&transport),
+        ));
         let stop = until_stop(stopped.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = crate::resp::serve(redis_listener, backend, stop).await {

@@ -628,6 +628,49 @@ impl Driver {
         None
     }
 
+    /// Refuses a membership change that cannot be right before it is proposed: adding
+    /// a node that is already a member in that role, removing a node that is not a
+    /// member, and removing the last voter (the cluster could never commit again).
+    fn check_change(&self, change: &ConfChangeV2) -> Result<(), ProposeError> {
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let (voters, learners) = (conf.get_voters(), conf.get_learners());
+        let mut remaining = voters.to_vec();
+        for single in change.get_changes() {
+            let id = single.node_id;
+            match single.get_change_type() {
+                ConfChangeType::AddNode if voters.contains(&id) => {
+                    return Err(ProposeError::Rejected(format!(
+                        "node {id} is already a voter"
+                    )));
+                }
+                ConfChangeType::AddLearnerNode if voters.contains(&id) => {
+                    return Err(ProposeError::Rejected(format!(
+                        "node {id} is a voter; remove it before adding it as a learner"
+                    )));
+                }
+                ConfChangeType::AddLearnerNode if learners.contains(&id) => {
+                    return Err(ProposeError::Rejected(format!(
+                        "node {id} is already a learner"
+                    )));
+                }
+                ConfChangeType::RemoveNode if !voters.contains(&id) && !learners.contains(&id) => {
+                    return Err(ProposeError::Rejected(format!(
+                        "node {id} is not a member (voters {voters:?}, learners {learners:?})"
+                    )));
+                }
+                ConfChangeType::RemoveNode => remaining.retain(|v| *v != id),
+                _ => {}
+            }
+        }
+        if remaining.is_empty() {
+            return Err(ProposeError::Rejected(
+                "refusing to remove the last voter: the cluster could never commit again"
+                    .to_string(),
+            ));
+        }
+        Ok(())
+    }
+
     fn handle(&mut self, request: Request) {
         match request {
             Request::Propose { data, reply } => {
@@ -654,7 +697,7 @@ impl Driver {
                 }
             }
             Request::ConfChange { change, reply } => {
-                if let Some(e) = self.refuse() {
+                if let Some(e) = self.refuse().or_else(|| self.check_change(&change).err()) {
                     let _ = reply.send(Err(e));
                     return;
                 }

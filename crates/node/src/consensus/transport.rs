@@ -4,9 +4,9 @@
 //! ```text
 //! connection start (dialer → listener), once:
 //! +---------+---------+-------------------+
-//! | "SKVR"  | version | sender id u64 BE  |
-//! | 4 bytes |  01     |                   |
-//! +---------+---------+-------------------+
+//! | "SKVR"  | version | sender id u64 BE  | len u8 | sender's Redis address |
+//! | 4 bytes |  02     |                   |        | (UTF-8, len bytes)     |
+//! +---------+---------+-------------------+--------+------------------------+
 //! then frames:
 //! +--------------+-------------------------------+
 //! | len u32 BE   | raft-rs Message (protobuf)    |
@@ -19,6 +19,10 @@
 //! so a slow peer cannot exhaust memory. A lane that loses its connection redials with
 //! backoff (100 ms doubling to 2 s). A frame longer than [`MAX_FRAME`] closes the
 //! connection, and a frame's buffer grows only as its bytes arrive.
+//!
+//! The Redis address in the hello is the one the sender was configured with
+//! (`--redis-addr`). A node learns its peers' addresses from their connections, so a
+//! follower can tell clients where the leader serves (`INFO replication`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -35,7 +39,7 @@ use super::{Outbox, RaftHandle};
 /// Magic at the start of every transport connection.
 const MAGIC: &[u8; 4] = b"SKVR";
 /// Transport protocol version.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// Largest frame accepted (a snapshot message carries the whole state machine).
 pub const MAX_FRAME: u32 = 1 << 30;
 /// Messages queued per peer on the normal lane.
@@ -58,6 +62,8 @@ pub struct Transport {
     runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<u64, Lanes>>,
     raft: OnceLock<RaftHandle>,
+    redis_addr: String,
+    redis_addrs: Mutex<HashMap<u64, String>>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -69,14 +75,38 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// A transport for node `id` whose lanes run on `runtime`.
-    pub fn new(id: u64, runtime: tokio::runtime::Handle) -> Arc<Transport> {
+    /// A transport for node `id` whose lanes run on `runtime`; it tells peers that
+    /// this node serves Redis clients at `redis_addr`.
+    pub fn new(id: u64, redis_addr: String, runtime: tokio::runtime::Handle) -> Arc<Transport> {
         Arc::new(Transport {
             id,
             runtime,
             peers: Mutex::new(HashMap::new()),
             raft: OnceLock::new(),
+            redis_addr,
+            redis_addrs: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The Redis address node `id` announced (this node's own for its id), if known.
+    pub fn redis_addr_of(&self, id: u64) -> Option<String> {
+        if id == self.id {
+            return Some(self.redis_addr.clone());
+        }
+        self.redis_addrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    fn learn_redis_addr(&self, id: u64, addr: String) {
+        let mut addrs = self.redis_addrs.lock().unwrap_or_else(|e| e.into_inner());
+        if addr.is_empty() {
+            addrs.remove(&id);
+        } else {
+            addrs.insert(id, addr);
+        }
     }
 
     /// Connects the transport to the driver it reports delivery failures to.
@@ -166,7 +196,11 @@ impl Outbox for Arc<Transport> {
     }
 }
 
-async fn connect(addr: &str, my_id: u64) -> std::io::Result<BufWriter<TcpStream>> {
+async fn connect(
+    addr: &str,
+    my_id: u64,
+    redis_addr: &str,
+) -> std::io::Result<BufWriter<TcpStream>> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -175,6 +209,10 @@ async fn connect(addr: &str, my_id: u64) -> std::io::Result<BufWriter<TcpStream>
     writer.write_all(MAGIC).await?;
     writer.write_u8(VERSION).await?;
     writer.write_u64(my_id).await?;
+    // An address too long for the length byte is not announced rather than cut.
+    let announced = u8::try_from(redis_addr.len()).map_or("", |_| redis_addr);
+    writer.write_u8(announced.len() as u8).await?;
+    writer.write_all(announced.as_bytes()).await?;
     Ok(writer)
 }
 
@@ -212,7 +250,7 @@ async fn lane(
                 }
                 continue;
             }
-            match connect(&addr, transport.id).await {
+            match connect(&addr, transport.id, &transport.redis_addr).await {
                 Ok(c) => {
                     tracing::debug!(peer, %addr, snapshots, "connected to raft peer");
                     conn = Some(c);
@@ -270,6 +308,28 @@ async fn lane(
     }
 }
 
+/// Reads a connection's hello: the sender's id and the Redis address it announced.
+async fn read_hello(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> std::io::Result<(u64, String)> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let mut magic = [0u8; 4];
+    reader.read_exact(&mut magic).await?;
+    let version = reader.read_u8().await?;
+    if &magic != MAGIC || version != VERSION {
+        return Err(invalid(
+            "not a sealkv raft peer of this version (bad magic or version)",
+        ));
+    }
+    let sender = reader.read_u64().await?;
+    let len = reader.read_u8().await?;
+    let mut addr = vec![0u8; usize::from(len)];
+    reader.read_exact(&mut addr).await?;
+    let addr = String::from_utf8(addr).map_err(|_| invalid("redis address is not UTF-8"))?;
+    Ok((sender, addr))
+}
+
 /// Accepts peer connections on `listener` and hands every message addressed to this
 /// node to Raft, until `shutdown` resolves.
 ///
@@ -277,7 +337,7 @@ async fn lane(
 /// When accepting fails.
 pub async fn serve(
     listener: TcpListener,
-    my_id: u64,
+    transport: Arc<Transport>,
     raft: RaftHandle,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -288,28 +348,27 @@ pub async fn serve(
             accepted = listener.accept() => accepted?,
         };
         let raft = raft.clone();
+        let transport = Arc::clone(&transport);
         tokio::spawn(async move {
-            if let Err(e) = receive(stream, my_id, &raft).await {
+            if let Err(e) = receive(stream, &transport, &raft).await {
                 tracing::debug!(%remote, "raft peer connection closed: {e}");
             }
         });
     }
 }
 
-async fn receive(stream: TcpStream, my_id: u64, raft: &RaftHandle) -> std::io::Result<()> {
+async fn receive(
+    stream: TcpStream,
+    transport: &Transport,
+    raft: &RaftHandle,
+) -> std::io::Result<()> {
+    let my_id = transport.id;
     stream.set_nodelay(true)?;
     let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, stream);
-    let mut hello = [0u8; 13];
-    tokio::time::timeout(CONNECT_TIMEOUT, reader.read_exact(&mut hello))
+    let (sender, redis_addr) = tokio::time::timeout(CONNECT_TIMEOUT, read_hello(&mut reader))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello"))??;
-    let (magic, rest) = hello.split_at(4);
-    if magic != MAGIC || rest.first() != Some(&VERSION) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "not a sealkv raft peer (bad magic or version)",
-        ));
-    }
+    transport.learn_redis_addr(sender, redis_addr);
     loop {
         let len = match reader.read_u32().await {
             Ok(l) => l,

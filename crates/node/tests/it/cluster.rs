@@ -56,6 +56,21 @@ fn single_node_serves_redis() {
         metrics.contains("sealkv_raft_role{role=\"leader\"} 1"),
         "{metrics}"
     );
+    // Removing the only voter would leave a cluster that can never commit again.
+    let (ok, _, err) = run(sealkv().args([
+        "cluster",
+        "remove-node",
+        "--id",
+        "1",
+        "--admin-addr",
+        &node.admin,
+    ]));
+    assert!(!ok);
+    assert!(err.contains("last voter"), "{err}");
+    assert_eq!(
+        node.status().expect("status")["voters"],
+        serde_json::json!([1])
+    );
 }
 
 /// Writes through one node are read through another; the leader dies and writes go
@@ -79,6 +94,27 @@ fn three_nodes_replicate_and_survive_the_leader() {
         .expect("third");
     let got: String = c.node(third).redis().get("k1").expect("GET via follower");
     assert_eq!(got, "v1");
+    // A follower tells clients where the leader serves Redis.
+    let leader_port = c
+        .node(leader)
+        .redis
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_string();
+    let info = eventually(
+        "follower INFO names the leader",
+        Duration::from_secs(10),
+        || {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut c.node(third).redis())
+                .ok()?;
+            info.contains(&format!("master_port:{leader_port}"))
+                .then_some(info)
+        },
+    );
+    assert!(info.contains("role:slave"), "{info}");
 
     c.node(leader).kill();
     let survivor = c.other_than(leader);
@@ -168,6 +204,18 @@ fn learner_joins_and_node_is_removed() {
     converges(&learner, "later", "2");
     let status = learner.status().expect("learner status");
     assert_eq!(status["learners"], serde_json::json!([4]));
+
+    // A node that is not a member is refused before anything is proposed.
+    let (ok, _, err) = run(sealkv().args([
+        "cluster",
+        "remove-node",
+        "--id",
+        "9",
+        "--admin-addr",
+        &c.node(leader).admin.clone(),
+    ]));
+    assert!(!ok);
+    assert!(err.contains("node 9 is not a member"), "{err}");
 
     // Remove a follower that is not the leader.
     let victim = c.other_than(leader);
