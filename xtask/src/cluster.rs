@@ -11,14 +11,42 @@
 //! `cargo xtask cluster --fresh` starts from empty data dirs.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
 
 use crate::{cargo, run, workspace_root};
 
-const NODES: u64 = 3;
+/// How many nodes a local cluster has.
+pub const NODES: u64 = 3;
+
+/// The first node's ports; node `i` (from 1) adds `i - 1` to each.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// Redis protocol port of node 1.
+    pub redis: u16,
+    /// Admin HTTP port of node 1.
+    pub admin: u16,
+    /// Raft port of node 1.
+    pub raft: u16,
+}
+
+impl Ports {
+    /// Node `i`'s address on `port`.
+    pub fn addr(port: u16, i: u64) -> String {
+        format!("127.0.0.1:{}", u64::from(port) + i - 1)
+    }
+}
+
+/// Where a node's log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logs {
+    /// To this process's stderr, each line prefixed with `[nodeN]`.
+    Prefixed,
+    /// To `nodeN.log` beside the node's data dir.
+    Files,
+}
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -26,41 +54,55 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Runs the cluster until every node has exited.
-pub fn cluster(args: &[String]) -> anyhow::Result<()> {
-    let fresh = args.iter().any(|a| a == "--fresh");
-    if let Some(other) = args.iter().find(|a| *a != "--fresh") {
-        bail!("unknown cluster flag {other:?} (only --fresh)");
-    }
+/// Builds the release `sealkv` binary and returns its path.
+pub fn build_release() -> anyhow::Result<PathBuf> {
     run(
         "cargo build --release --bin sealkv",
         cargo().args(["build", "--release", "--bin", "sealkv"]),
     )?;
-    let binary = target_dir().join("release").join("sealkv");
-    let base = workspace_root().join("target").join("sealkv-cluster");
-    if fresh && base.exists() {
-        std::fs::remove_dir_all(&base).with_context(|| format!("remove {}", base.display()))?;
-    }
+    Ok(target_dir().join("release").join("sealkv"))
+}
+
+/// Starts [`NODES`] nodes of `binary` with data under `base` (`base/nodeN`) and any
+/// `extra` flags. Prefixed log printers are detached threads that end with the nodes.
+pub fn spawn(
+    binary: &Path,
+    base: &Path,
+    ports: Ports,
+    logs: Logs,
+    extra: &[&str],
+) -> anyhow::Result<Vec<Child>> {
+    std::fs::create_dir_all(base).with_context(|| format!("create {}", base.display()))?;
     let peers = (1..=NODES)
-        .map(|i| format!("{i}=127.0.0.1:{}", 7378 + i))
+        .map(|i| format!("{i}={}", Ports::addr(ports.raft, i)))
         .collect::<Vec<_>>()
         .join(",");
     let mut children = Vec::new();
-    let mut printers = Vec::new();
     for i in 1..=NODES {
-        let mut child = Command::new(&binary)
-            .args(["start", "--id", &i.to_string()])
+        let mut cmd = Command::new(binary);
+        cmd.args(["start", "--id", &i.to_string()])
             .arg("--data-dir")
             .arg(base.join(format!("node{i}")))
-            .args(["--raft-addr", &format!("127.0.0.1:{}", 7378 + i)])
-            .args(["--redis-addr", &format!("127.0.0.1:{}", 6378 + i)])
-            .args(["--admin-addr", &format!("127.0.0.1:{}", 8378 + i)])
+            .args(["--raft-addr", &Ports::addr(ports.raft, i)])
+            .args(["--redis-addr", &Ports::addr(ports.redis, i)])
+            .args(["--admin-addr", &Ports::addr(ports.admin, i)])
             .args(["--peers", &peers])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .args(extra);
+        match logs {
+            Logs::Prefixed => {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+            Logs::Files => {
+                let path = base.join(format!("node{i}.log"));
+                let file = std::fs::File::create(&path)
+                    .with_context(|| format!("create {}", path.display()))?;
+                cmd.stdout(Stdio::null()).stderr(file);
+            }
+        }
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("start {}", binary.display()))?;
-        for stream in [
+        let streams = [
             child
                 .stdout
                 .take()
@@ -69,18 +111,36 @@ pub fn cluster(args: &[String]) -> anyhow::Result<()> {
                 .stderr
                 .take()
                 .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            printers.push(std::thread::spawn(move || {
+        ];
+        for stream in streams.into_iter().flatten() {
+            std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     eprintln!("[node{i}] {line}");
                 }
-            }));
+            });
         }
         children.push(child);
     }
+    Ok(children)
+}
+
+/// Runs the cluster until every node has exited.
+pub fn cluster(args: &[String]) -> anyhow::Result<()> {
+    let fresh = args.iter().any(|a| a == "--fresh");
+    if let Some(other) = args.iter().find(|a| *a != "--fresh") {
+        bail!("unknown cluster flag {other:?} (only --fresh)");
+    }
+    let binary = build_release()?;
+    let base = workspace_root().join("target").join("sealkv-cluster");
+    if fresh && base.exists() {
+        std::fs::remove_dir_all(&base).with_context(|| format!("remove {}", base.display()))?;
+    }
+    let ports = Ports {
+        redis: 6379,
+        admin: 8379,
+        raft: 7379,
+    };
+    let children = spawn(&binary, &base, ports, Logs::Prefixed, &[])?;
     eprintln!();
     eprintln!("three sealkv nodes are starting; connect with:");
     eprintln!("  redis-cli -p 6379        (nodes 2 and 3: -p 6380, -p 6381)");
@@ -91,9 +151,6 @@ pub fn cluster(args: &[String]) -> anyhow::Result<()> {
     for mut child in children {
         let status = child.wait().context("wait for node")?;
         failed |= !status.success();
-    }
-    for p in printers {
-        let _ = p.join();
     }
     if failed {
         bail!("a node exited with an error");

@@ -5,12 +5,14 @@
 //!   RocksDB build needs.
 //! * `layering` — fail if a low-level crate depends on a heavy one.
 //! * `cluster` — build `sealkv` and run a local three-node cluster.
+//! * `bench` — criterion micro-benchmarks and redis-benchmark against a local cluster.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
 
+mod bench;
 mod cluster;
 
 /// Crates that must stay free of storage, async runtime and consensus dependencies,
@@ -66,14 +68,18 @@ fn main() -> anyhow::Result<()> {
         "prereqs" => prereqs(),
         "layering" => layering(),
         "cluster" => cluster::cluster(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "bench" => bench::bench(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
-            eprintln!("usage: cargo xtask <ci|prereqs|layering|cluster>");
+            eprintln!("usage: cargo xtask <ci|prereqs|layering|cluster|bench>");
             eprintln!(
                 "  ci        prerequisites, fmt, clippy, tests, docs, layering (what CI runs)"
             );
             eprintln!("  prereqs   check or install libclang and a C++ compiler for RocksDB");
             eprintln!("  layering  check that low-level crates do not depend on heavy ones");
             eprintln!("  cluster   run a local three-node cluster (--fresh: empty data dirs)");
+            eprintln!(
+                "  bench     criterion benches and redis-benchmark on a local cluster (--micro, --cluster)"
+            );
             bail!("unknown task {task:?}")
         }
     }
