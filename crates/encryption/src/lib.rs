@@ -10,6 +10,7 @@ pub mod applier;
 pub mod durable;
 pub mod envelope;
 pub mod kek;
+pub mod keyring;
 pub mod registry;
 pub mod sidecar;
 mod store;
