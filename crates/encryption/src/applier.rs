@@ -15,24 +15,82 @@
 //! | different `full_id`                  | [`ApplyError::NodeIdCollision`]           |
 //!
 //! Every [`ApplyError`] means the entry could not be applied; the state machine must
-//! halt on it and never skip the entry.
+//! halt on it and never skip the entry. A deterministic refusal (a second bootstrap,
+//! a rotation to a key id already in use) is not an error: it is
+//! [`Applied::Rejected`], changes nothing, is the same on every replica, and the
+//! entry counts as applied.
 //!
-//! # Stage 6A
+//! # Key-installing entries
 //!
-//! Bootstrap (`0x04`) and rotation (`0x05`) install keys, which needs the KEK. This
-//! applier is built without a KEK, so both decode their payload (a malformed payload
-//! is still [`ApplyError::Decode`]) and then fail with
-//! [`ApplyError::KekNotConfigured`]. The opcodes `0x06` and `0x07` are reserved and
-//! fail with [`ApplyError::UnsupportedOpcode`].
+//! Bootstrap (`0x04`) and rotation (`0x05`, subtag rotate-DEK) install DEKs, which
+//! needs the KEK: an applier built with [`Applier::new`] has none, decodes the
+//! payload (a malformed payload is still [`ApplyError::Decode`]) and fails with
+//! [`ApplyError::KekNotConfigured`]. One built with [`Applier::with_keyring`] applies
+//! them against the node's [`Keyring`]:
+//!
+//! 1. **Replay check.** When the sidecar already reflects an index at or past the
+//!    entry's, the entry was applied before. If the sidecar holds the entry's keys
+//!    (same id, same wrapped bytes) the entry's registry rows are re-applied and the
+//!    result is [`Applied::Replayed`]; keys and sidecar are left alone. If it does not,
+//!    the entry was rejected when first applied and is rejected again
+//!    ([`Rejection::Superseded`]), whatever the current state would say.
+//! 2. **Deterministic refusals** ([`Applied::Rejected`]): bootstrap when keys are
+//!    already active, with a key id of 0, or with equal storage and raft ids;
+//!    rotation before bootstrap, to key id 0 or to an id already loaded, or with a
+//!    proposer row for another key.
+//! 3. **Plan the registry rows** by the registration rules against the registry,
+//!    without writing. A collision or rollback halts with nothing changed.
+//! 4. **Unwrap** the DEKs with the KEK; failure halts with nothing changed.
+//! 5. **Write the sidecar** durably (`raft_applied_index` = the entry's index, the new
+//!    keys active, older keys kept) and only then load the keys in memory.
+//! 6. **Write the registry rows** durably.
+//! 7. **Mark** this node registered for each new key whose row names it at the epoch
+//!    the sidecar records, so the key starts sealing.
+//!
+//! # Crash argument
+//!
+//! The entry is acknowledged only after step 7, so the state machine replays it
+//! after any crash before that; the question is what the replay finds.
+//!
+//! * **Before step 5 completes**, the sidecar on disk is the old one (durable
+//!   replace is all-or-nothing) and no key was loaded, so nothing was sealed under
+//!   the new keys. The replay sees an older sidecar index and applies the entry from
+//!   scratch; the registry rows were not written either, so the plan is the same.
+//! * **Between steps 5 and 6**, the sidecar holds the new keys and the entry's index,
+//!   but the rows are missing. Nothing was sealed: sealing needs step 7. On restart
+//!   [`Keyring::open`] raises the new keys' epochs above the sidecar's and makes that
+//!   durable; the replay then takes the replay path, which writes the missing rows.
+//!   The rows record the entry's epoch, which is below the raised one, so the node's
+//!   own registration of its new epoch, proposed after startup, advances its row.
+//! * **After step 6**, the replay re-applies rows that are already there, which the
+//!   registration rules treat as a no-op.
+//!
+//! The state machine commits its applied index in batches, so after a crash the
+//! registry and the sidecar may already reflect entries *after* the one being
+//! replayed. The replay path therefore treats a row of the same node at an epoch at or
+//! below the recorded one as already applied instead of as a rollback, and a
+//! rejected entry stays rejected even when the state has since changed (step 1). A row
+//! of another node in the slot is still a collision and halts.
+//!
+//! A node's nonces stay unique throughout: a key seals only after its (key, node,
+//! epoch) row is durable, every process load raises the epoch durably before
+//! sealing, and a fresh key's first epoch comes from its registry row, which no
+//! earlier load can have used because the key did not exist.
+//!
+//! The opcodes `0x06` and `0x07` are reserved and fail with
+//! [`ApplyError::UnsupportedOpcode`].
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use sealkv_fsmwire::{
-    BootstrapPayload, OP_BOOTSTRAP, OP_REGISTRATION, OP_ROTATION, RegistrationPayload,
-    RotationPayload,
+    BootstrapPayload, OP_BOOTSTRAP, OP_REGISTRATION, OP_ROTATION, Purpose, RegistrationPayload,
+    RotationPayload, RotationSubtag,
 };
 
+use crate::keyring::{Keyring, KeyringError, NewKey};
 use crate::registry::{WriterKey, WriterRecord};
+use crate::sidecar::Sidecar;
 use crate::store::{RegistryStoreError, WriterRegistryStore};
 
 /// Why an encryption entry could not be applied. Each one halts the state machine.
@@ -95,6 +153,10 @@ pub enum ApplyError {
     /// safe because a replay of a registration is a no-op.
     #[error("writer registry store")]
     Store(#[from] RegistryStoreError),
+    /// The keyring failed: the KEK could not be loaded or does not unwrap a DEK of
+    /// the entry, or the sidecar could not be written.
+    #[error("keyring")]
+    Keyring(#[from] KeyringError),
 }
 
 /// Result of applying an encryption entry.
@@ -119,33 +181,126 @@ pub enum RegistrationOutcome {
 pub enum Applied {
     /// A writer registration (`0x03`).
     Registration(RegistrationOutcome),
+    /// A bootstrap (`0x04`) installed the first storage and raft keys.
+    Bootstrapped {
+        /// The new active storage key.
+        storage_key_id: u32,
+        /// The new active raft key.
+        raft_key_id: u32,
+    },
+    /// A rotation (`0x05`) installed a key and made it active for its purpose. Older
+    /// keys stay loaded, so what they sealed still opens.
+    Rotated {
+        /// The purpose of the new key.
+        purpose: Purpose,
+        /// The new active key.
+        key_id: u32,
+    },
+    /// A key-installing entry the sidecar already reflects: its registry rows were
+    /// re-applied, nothing else changed.
+    Replayed {
+        /// The entry's opcode.
+        opcode: u8,
+    },
+    /// A deterministic refusal: nothing changed, every replica refuses the same way,
+    /// and the entry counts as applied.
+    Rejected {
+        /// Why.
+        reason: Rejection,
+    },
 }
 
-/// Applies encryption entries to a writer registry.
+/// Why a key-installing entry was refused (see [`Applied::Rejected`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A bootstrap arrived when keys are already active.
+    #[error("encryption is already bootstrapped")]
+    AlreadyBootstrapped,
+    /// A rotation arrived before any bootstrap.
+    #[error("encryption is not bootstrapped")]
+    NotBootstrapped,
+    /// The entry installs key id 0, which means "none".
+    #[error("{purpose} key id 0 is reserved")]
+    ReservedKeyId {
+        /// The purpose of the key.
+        purpose: Purpose,
+    },
+    /// A bootstrap gives the storage and raft keys the same id.
+    #[error("storage and raft keys share id {key_id}")]
+    SameKeyIds {
+        /// The shared id.
+        key_id: u32,
+    },
+    /// A rotation installs a key id that is already loaded.
+    #[error("key id {key_id} is already in use")]
+    KeyIdInUse {
+        /// The key id.
+        key_id: u32,
+    },
+    /// A rotation's proposer row registers another key than the one it installs.
+    #[error("proposer row registers key {row_key_id}, not the new key {key_id}")]
+    ProposerKeyMismatch {
+        /// The key the rotation installs.
+        key_id: u32,
+        /// The key the proposer row names.
+        row_key_id: u32,
+    },
+    /// The sidecar is already past this entry and does not hold its keys: the entry
+    /// was refused when it was first applied, and a replay refuses it again.
+    #[error("refused when first applied (sidecar is at index {sidecar_index})")]
+    Superseded {
+        /// The sidecar's applied index.
+        sidecar_index: u64,
+    },
+}
+
+/// Applies encryption entries to a writer registry and, when built with a keyring,
+/// installs the keys they carry.
 ///
 /// Build it once at startup from the registry glue and hand it to the state machine.
 pub struct Applier {
     registry: Arc<dyn WriterRegistryStore>,
+    keyring: Option<Arc<Keyring>>,
 }
 
 impl std::fmt::Debug for Applier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Applier")
-            .field("kek", &"not configured")
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("Applier");
+        match &self.keyring {
+            Some(keyring) => d.field("keyring", keyring),
+            None => d.field("kek", &"not configured"),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
 impl Applier {
-    /// An applier over `registry`, without a KEK (Stage 6A): registrations apply,
-    /// bootstrap and rotation fail with [`ApplyError::KekNotConfigured`].
+    /// An applier over `registry`, without a KEK: registrations apply, bootstrap and
+    /// rotation fail with [`ApplyError::KekNotConfigured`].
     pub fn new(registry: Arc<dyn WriterRegistryStore>) -> Applier {
-        Applier { registry }
+        Applier {
+            registry,
+            keyring: None,
+        }
+    }
+
+    /// An applier over `registry` that installs keys into `keyring` (see the module
+    /// docs). Share the same keyring with the paths that seal and open.
+    pub fn with_keyring(registry: Arc<dyn WriterRegistryStore>, keyring: Arc<Keyring>) -> Applier {
+        Applier {
+            registry,
+            keyring: Some(keyring),
+        }
     }
 
     /// The registry this applier writes to.
     pub fn registry(&self) -> &dyn WriterRegistryStore {
         self.registry.as_ref()
+    }
+
+    /// The keyring keys are installed into, if any.
+    pub fn keyring(&self) -> Option<&Arc<Keyring>> {
+        self.keyring.as_ref()
     }
 
     /// Applies the entry with `opcode` and `payload` (the entry data after the opcode
@@ -173,7 +328,8 @@ impl Applier {
     }
 
     /// Applies one registration by the rules in the module docs. The row is durable
-    /// before this returns.
+    /// before this returns. With a keyring, a row of this node at the epoch of its
+    /// key lets that key seal ([`Keyring::mark_registered`]).
     ///
     /// # Errors
     /// [`ApplyError::EpochRollback`], [`ApplyError::NodeIdCollision`] or
@@ -185,28 +341,253 @@ impl Applier {
         if let Some(record) = record {
             self.registry.put_writers(&[(key, record)])?;
         }
+        if let Some(keyring) = &self.keyring {
+            keyring.mark_registered(reg.dek_id, reg.full_node_id, reg.local_epoch);
+        }
         Ok(outcome)
     }
 
-    /// Applies a bootstrap entry. Without a KEK this always fails.
+    /// Applies a bootstrap entry (see the module docs).
     ///
     /// # Errors
-    /// [`ApplyError::KekNotConfigured`].
-    pub fn apply_bootstrap(&self, _index: u64, _boot: &BootstrapPayload) -> Result<Applied> {
-        Err(ApplyError::KekNotConfigured {
-            opcode: OP_BOOTSTRAP,
+    /// [`ApplyError::KekNotConfigured`] without a keyring; a collision or rollback in
+    /// the batch; [`ApplyError::Keyring`] when the KEK does not unwrap a DEK or the
+    /// sidecar cannot be written; [`ApplyError::Store`].
+    pub fn apply_bootstrap(&self, index: u64, boot: &BootstrapPayload) -> Result<Applied> {
+        let Some(keyring) = &self.keyring else {
+            return Err(ApplyError::KekNotConfigured {
+                opcode: OP_BOOTSTRAP,
+            });
+        };
+        let installs = [
+            (boot.storage_dek_id, boot.wrapped_storage.as_slice()),
+            (boot.raft_dek_id, boot.wrapped_raft.as_slice()),
+        ];
+        if let Some(outcome) = self.replay(
+            keyring,
+            index,
+            OP_BOOTSTRAP,
+            &installs,
+            &boot.batch_registry,
+        )? {
+            return Ok(outcome);
+        }
+        let reject = |reason| Ok(Applied::Rejected { reason });
+        if keyring.is_bootstrapped() {
+            return reject(Rejection::AlreadyBootstrapped);
+        }
+        for (purpose, key_id) in [
+            (Purpose::Storage, boot.storage_dek_id),
+            (Purpose::Raft, boot.raft_dek_id),
+        ] {
+            if key_id == 0 {
+                return reject(Rejection::ReservedKeyId { purpose });
+            }
+        }
+        if boot.storage_dek_id == boot.raft_dek_id {
+            return reject(Rejection::SameKeyIds {
+                key_id: boot.storage_dek_id,
+            });
+        }
+
+        let rows = self.plan_rows(&boot.batch_registry, false)?;
+        let node = keyring.node_id();
+        let mut new = Vec::with_capacity(2);
+        for (purpose, key_id, wrapped) in [
+            (Purpose::Storage, boot.storage_dek_id, &boot.wrapped_storage),
+            (Purpose::Raft, boot.raft_dek_id, &boot.wrapped_raft),
+        ] {
+            new.push(NewKey {
+                key_id,
+                purpose,
+                wrapped: wrapped.clone(),
+                dek: keyring.unwrap(key_id, wrapped)?,
+                local_epoch: rows.own_epoch(key_id, node).unwrap_or(0),
+            });
+        }
+        self.commit(keyring, index, new, &rows)?;
+        Ok(Applied::Bootstrapped {
+            storage_key_id: boot.storage_dek_id,
+            raft_key_id: boot.raft_dek_id,
         })
     }
 
-    /// Applies a rotation entry. Without a KEK this always fails.
+    /// Applies a rotation entry (see the module docs).
     ///
     /// # Errors
-    /// [`ApplyError::KekNotConfigured`].
-    pub fn apply_rotation(&self, _index: u64, _rot: &RotationPayload) -> Result<Applied> {
-        Err(ApplyError::KekNotConfigured {
-            opcode: OP_ROTATION,
+    /// As [`Applier::apply_bootstrap`].
+    pub fn apply_rotation(&self, index: u64, rot: &RotationPayload) -> Result<Applied> {
+        let Some(keyring) = &self.keyring else {
+            return Err(ApplyError::KekNotConfigured {
+                opcode: OP_ROTATION,
+            });
+        };
+        match rot.subtag {
+            RotationSubtag::RotateDek => {}
+        }
+        let rows = [rot.proposer_registration];
+        let installs = [(rot.dek_id, rot.wrapped.as_slice())];
+        if let Some(outcome) = self.replay(keyring, index, OP_ROTATION, &installs, &rows)? {
+            return Ok(outcome);
+        }
+        let reject = |reason| Ok(Applied::Rejected { reason });
+        if !keyring.is_bootstrapped() {
+            return reject(Rejection::NotBootstrapped);
+        }
+        if rot.dek_id == 0 {
+            return reject(Rejection::ReservedKeyId {
+                purpose: rot.purpose,
+            });
+        }
+        if keyring.contains_key(rot.dek_id) {
+            return reject(Rejection::KeyIdInUse { key_id: rot.dek_id });
+        }
+        if rot.proposer_registration.dek_id != rot.dek_id {
+            return reject(Rejection::ProposerKeyMismatch {
+                key_id: rot.dek_id,
+                row_key_id: rot.proposer_registration.dek_id,
+            });
+        }
+
+        let planned = self.plan_rows(&rows, false)?;
+        let new = NewKey {
+            key_id: rot.dek_id,
+            purpose: rot.purpose,
+            wrapped: rot.wrapped.clone(),
+            dek: keyring.unwrap(rot.dek_id, &rot.wrapped)?,
+            local_epoch: planned
+                .own_epoch(rot.dek_id, keyring.node_id())
+                .unwrap_or(0),
+        };
+        self.commit(keyring, index, vec![new], &planned)?;
+        Ok(Applied::Rotated {
+            purpose: rot.purpose,
+            key_id: rot.dek_id,
         })
     }
+
+    /// Step 1 of the module docs: `Some` when the sidecar already reflects `index`.
+    fn replay(
+        &self,
+        keyring: &Keyring,
+        index: u64,
+        opcode: u8,
+        installs: &[(u32, &[u8])],
+        rows: &[RegistrationPayload],
+    ) -> Result<Option<Applied>> {
+        let Some(doc) = keyring.sidecar() else {
+            return Ok(None);
+        };
+        if doc.raft_applied_index < index {
+            return Ok(None);
+        }
+        if !installs
+            .iter()
+            .all(|&(key_id, wrapped)| holds(&doc, key_id, wrapped))
+        {
+            return Ok(Some(Applied::Rejected {
+                reason: Rejection::Superseded {
+                    sidecar_index: doc.raft_applied_index,
+                },
+            }));
+        }
+        let plan = self.plan_rows(rows, true)?;
+        let writes = plan.writes();
+        if !writes.is_empty() {
+            self.registry.put_writers(&writes)?;
+        }
+        let node = keyring.node_id();
+        for &(key_id, _) in installs {
+            if let Some(epoch) = plan.own_epoch(key_id, node) {
+                keyring.mark_registered(key_id, node, epoch);
+            }
+        }
+        Ok(Some(Applied::Replayed { opcode }))
+    }
+
+    /// Steps 5 to 7 of the module docs.
+    fn commit(&self, keyring: &Keyring, index: u64, new: Vec<NewKey>, rows: &Plan) -> Result<()> {
+        let node = keyring.node_id();
+        let marks: Vec<(u32, u16)> = new
+            .iter()
+            .filter_map(|k| {
+                rows.own_epoch(k.key_id, node)
+                    .map(|epoch| (k.key_id, epoch))
+            })
+            .collect();
+        keyring.install(index, new)?;
+        let writes = rows.writes();
+        if !writes.is_empty() {
+            self.registry.put_writers(&writes)?;
+        }
+        for (key_id, epoch) in marks {
+            keyring.mark_registered(key_id, node, epoch);
+        }
+        Ok(())
+    }
+
+    /// Runs `rows` through the registration rules against the registry, in order,
+    /// without writing. In a `replay`, a row of the same node at or below the
+    /// recorded epoch is already applied, not a rollback.
+    fn plan_rows(&self, rows: &[RegistrationPayload], replay: bool) -> Result<Plan> {
+        let mut plan = Plan::default();
+        for reg in rows {
+            let key = WriterKey::for_node(reg.dek_id, reg.full_node_id);
+            let existing = match plan.slots.get(&key) {
+                Some(record) => Some(*record),
+                None => self.registry.get_writer(key)?,
+            };
+            if let Some(row) = existing {
+                plan.slots.insert(key, row);
+                if replay
+                    && row.full_node_id == reg.full_node_id
+                    && reg.local_epoch <= row.last_seen_local_epoch
+                {
+                    continue;
+                }
+            }
+            if let (_, Some(record)) = next_record(key, existing, reg)? {
+                plan.slots.insert(key, record);
+                plan.changed.insert(key);
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// The registry rows an entry leads to, computed before anything is written.
+#[derive(Default)]
+struct Plan {
+    /// The resulting row of every slot the entry touches.
+    slots: BTreeMap<WriterKey, WriterRecord>,
+    /// The slots whose row the entry inserts or advances.
+    changed: BTreeSet<WriterKey>,
+}
+
+impl Plan {
+    /// The rows to write.
+    fn writes(&self) -> Vec<(WriterKey, WriterRecord)> {
+        self.changed
+            .iter()
+            .filter_map(|key| Some((*key, *self.slots.get(key)?)))
+            .collect()
+    }
+
+    /// This node's epoch under `key_id` after the entry, when its slot is touched
+    /// and holds this node.
+    fn own_epoch(&self, key_id: u32, node: u64) -> Option<u16> {
+        self.slots
+            .get(&WriterKey::for_node(key_id, node))
+            .filter(|record| record.full_node_id == node)
+            .map(|record| record.last_seen_local_epoch)
+    }
+}
+
+/// Whether the sidecar holds `key_id` with exactly these wrapped bytes.
+fn holds(doc: &Sidecar, key_id: u32, wrapped: &[u8]) -> bool {
+    doc.key(key_id)
+        .and_then(|k| k.wrapped.as_deref())
+        .is_some_and(|w| w == wrapped)
 }
 
 /// Decides what a registration does to the row it lands on: the outcome and the

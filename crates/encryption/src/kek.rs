@@ -32,17 +32,24 @@
 //! ```
 
 use std::fmt;
-use std::fs::{File, Metadata};
-use std::io::{self, Read};
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine as _;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::envelope::{Dek, KEY_LEN, NONCE_LEN, TAG_LEN};
 
 /// Length of a KEK: an AES-256 key.
 pub const KEK_LEN: usize = 32;
+/// The environment variable that carries a KEK as standard padded base64, for tests
+/// and throwaway clusters (see [`EnvKekProvider`]).
+pub const KEK_ENV_VAR: &str = "SEALKV_KEK_BASE64";
+/// Unix permission bits of a KEK file written by [`generate_kek_file`].
+pub const KEK_FILE_MODE: u32 = 0o600;
 /// Length of a DEK accepted by [`wrap_dek`].
 pub const DEK_LEN: usize = KEY_LEN;
 /// Length of a wrapped DEK: nonce ‖ ciphertext ‖ tag.
@@ -111,12 +118,42 @@ pub enum KekError {
         /// The operation: `"key setup"` or `"seal"`.
         op: &'static str,
     },
+    /// The text given for [`KEK_ENV_VAR`] is not standard padded base64. The text
+    /// itself is never part of the message.
+    #[error("{KEK_ENV_VAR} is not standard padded base64")]
+    EnvBase64,
+    /// The text given for [`KEK_ENV_VAR`] decodes to a length other than
+    /// [`KEK_LEN`].
+    #[error("{KEK_ENV_VAR} decodes to {len} bytes, want exactly 32")]
+    EnvKekSize {
+        /// The decoded length.
+        len: usize,
+    },
+    /// [`generate_kek_file`] refuses to replace a file that already exists.
+    #[error("kek file {} already exists; refusing to overwrite it", path.display())]
+    AlreadyExists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A new KEK file could not be created, written or synced.
+    #[error("{op} kek file {}", path.display())]
+    Write {
+        /// What failed, as a verb phrase (`"create"`, `"write"`, `"fsync"`,
+        /// `"fsync the directory of"`).
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl KekError {
     /// The error class, as named by the elastickv vectors (`length`, `integrity`,
     /// `dek_size`, `insecure_mode`, `kek_size`); the variants with no vector class
-    /// return `not_regular_file`, `io`, `random` and `crypto`.
+    /// return `not_regular_file`, `io`, `random`, `crypto`, `env_base64`,
+    /// `env_kek_size`, `already_exists` and `write`.
     pub fn class(&self) -> &'static str {
         match self {
             Self::Length { .. } => "length",
@@ -128,6 +165,10 @@ impl KekError {
             Self::Io { .. } => "io",
             Self::Random => "random",
             Self::Crypto { .. } => "crypto",
+            Self::EnvBase64 => "env_base64",
+            Self::EnvKekSize { .. } => "env_kek_size",
+            Self::AlreadyExists { .. } => "already_exists",
+            Self::Write { .. } => "write",
         }
     }
 }
@@ -327,4 +368,136 @@ impl KekProvider for FileKekProvider {
     fn kind(&self) -> &'static str {
         "file"
     }
+}
+
+/// A [`KekProvider`] holding a KEK given as base64 text, normally the value of
+/// [`KEK_ENV_VAR`] (`SEALKV_KEK_BASE64`).
+///
+/// Meant for tests and throwaway clusters: an environment variable is visible to
+/// anything that can read the process's environment, so production nodes should use
+/// a [`FileKekProvider`]. The key is decoded once and kept in memory that is zeroed
+/// on drop; [`KekProvider::load`] returns a copy.
+///
+/// This type never reads the environment itself. Reading the variable and then
+/// removing it from the process environment (so that child processes and later
+/// readers do not see it) is the binary's job: removing a variable needs `unsafe` in
+/// edition 2024, which this crate forbids.
+///
+/// ```
+/// use sealkv_encryption::kek::{EnvKekProvider, KekProvider};
+///
+/// // 32 bytes of 0x01, base64-encoded.
+/// let provider = EnvKekProvider::from_base64("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=")?;
+/// assert_eq!(provider.kind(), "env");
+/// let _kek = provider.load()?;
+/// # Ok::<(), sealkv_encryption::kek::KekError>(())
+/// ```
+pub struct EnvKekProvider {
+    key: Zeroizing<[u8; KEK_LEN]>,
+}
+
+impl fmt::Debug for EnvKekProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EnvKekProvider(<redacted>)")
+    }
+}
+
+impl EnvKekProvider {
+    /// Decodes `text` as standard padded base64 (RFC 4648 alphabet, `=` padding
+    /// required) into a 32-byte KEK. Leading and trailing ASCII whitespace is
+    /// ignored, so a value captured with a trailing newline still loads.
+    ///
+    /// # Errors
+    /// [`KekError::EnvBase64`] when the text is not valid base64, then
+    /// [`KekError::EnvKekSize`] when it does not decode to exactly 32 bytes. Neither
+    /// message contains the text.
+    pub fn from_base64(text: &str) -> Result<Self> {
+        let text = text.trim_ascii();
+        let decoded = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| KekError::EnvBase64)?,
+        );
+        let key: [u8; KEK_LEN] = decoded
+            .as_slice()
+            .try_into()
+            .map_err(|_| KekError::EnvKekSize { len: decoded.len() })?;
+        Ok(Self {
+            key: Zeroizing::new(key),
+        })
+    }
+}
+
+impl KekProvider for EnvKekProvider {
+    fn load(&self) -> Result<Kek> {
+        Ok(Kek(*self.key))
+    }
+
+    fn kind(&self) -> &'static str {
+        "env"
+    }
+}
+
+/// Writes a new KEK file at `path`: 32 bytes from the system CSPRNG, in a file
+/// created exclusively with mode [`KEK_FILE_MODE`] (0600, narrowed further by the
+/// umask, never widened), written and fsynced, then its directory fsynced. The
+/// result loads with [`Kek::from_file`].
+///
+/// The file should live outside every data directory.
+///
+/// # Errors
+/// [`KekError::AlreadyExists`] when anything exists at `path` (a symlink
+/// included): an existing KEK is never overwritten, since that would make every key
+/// wrapped under it unreadable. [`KekError::Random`] when the CSPRNG fails (nothing
+/// is created), [`KekError::Write`] when an I/O step fails; a partly written file is
+/// removed.
+pub fn generate_kek_file(path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    let mut key = Zeroizing::new([0u8; KEK_LEN]);
+    SystemRandom::new()
+        .fill(key.as_mut_slice())
+        .map_err(|_| KekError::Random)?;
+
+    let write_err = |op| {
+        let path = path.to_path_buf();
+        move |source| KekError::Write { op, path, source }
+    };
+    #[cfg(unix)]
+    let mut options = {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut options = OpenOptions::new();
+        options.mode(KEK_FILE_MODE);
+        options
+    };
+    #[cfg(not(unix))]
+    let mut options = OpenOptions::new();
+    // `create_new` is O_CREAT | O_EXCL: it fails on any existing name and never
+    // follows a symlink.
+    let mut file = match options.write(true).create_new(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(KekError::AlreadyExists {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(e) => return Err(write_err("create")(e)),
+    };
+    let written = file
+        .write_all(key.as_slice())
+        .map_err(write_err("write"))
+        .and_then(|()| file.sync_all().map_err(write_err("fsync")));
+    drop(file);
+    if let Err(e) = written {
+        // The file is ours (create_new) and incomplete; leaving it would make the
+        // next attempt fail as "already exists" over a useless key.
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(write_err("fsync the directory of"))
 }

@@ -1,8 +1,14 @@
 //! sealkv's encryption layer: the writer registry and its applier, DEK envelopes,
-//! the KEK, and the key sidecar.
+//! the KEK, the key sidecar, and the keyring that holds a node's live keys.
 //!
 //! This crate knows nothing of RocksDB, Raft or the network: storage reaches it
 //! through the [`WriterRegistryStore`] trait, which a higher layer implements.
+//!
+//! A node with encryption enabled opens a [`keyring::Keyring`] at startup (which
+//! checks the sidecar and the KEK and raises its local epochs), checks it against
+//! the registry, and shares it between an [`applier::Applier`] built with
+//! [`applier::Applier::with_keyring`] (which installs keys from committed entries)
+//! and the paths that seal and open values and Raft payloads.
 
 #![deny(clippy::indexing_slicing, clippy::panic)]
 
@@ -10,6 +16,7 @@ pub mod applier;
 pub mod durable;
 pub mod envelope;
 pub mod kek;
+pub mod keyring;
 pub mod registry;
 pub mod sidecar;
 mod store;

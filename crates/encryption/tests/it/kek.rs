@@ -236,3 +236,134 @@ fn fifo_is_refused_without_blocking() {
     // No writer ever opens the FIFO: opening it for reading would block forever.
     assert_eq!(class(Kek::from_file(&fifo)), Some("not_regular_file"));
 }
+
+mod env_and_generate {
+    use super::*;
+    use base64::Engine as _;
+    use sealkv_encryption::kek::{EnvKekProvider, KEK_ENV_VAR, generate_kek_file};
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    /// The provider's key is the decoded bytes: it unwraps what they wrap.
+    fn assert_loads(provider: &EnvKekProvider, bytes: [u8; 32]) {
+        let wrapped = wrap_dek(&Kek::from_bytes(bytes), &[7; 32]).expect("wrap");
+        let kek = provider.load().expect("load");
+        assert_eq!(
+            unwrap_dek(&kek, &wrapped).expect("unwrap").as_bytes(),
+            &[7; 32]
+        );
+    }
+
+    #[test]
+    fn env_provider_decodes_padded_base64() {
+        let bytes: [u8; 32] = std::array::from_fn(|i| i as u8 * 7 + 1);
+        let provider = EnvKekProvider::from_base64(&b64(&bytes)).expect("good base64");
+        assert_eq!(provider.kind(), "env");
+        assert_loads(&provider, bytes);
+        // Surrounding whitespace, such as the newline of `base64 < kek`, is ignored.
+        let padded = format!("  {}\n", b64(&bytes));
+        assert_loads(
+            &EnvKekProvider::from_base64(&padded).expect("trimmed"),
+            bytes,
+        );
+        assert_eq!(KEK_ENV_VAR, "SEALKV_KEK_BASE64");
+        assert_eq!(format!("{provider:?}"), "EnvKekProvider(<redacted>)");
+    }
+
+    #[test]
+    fn env_provider_refuses_bad_text_without_echoing_it() {
+        let good = b64(&[0xab; 32]);
+        let unpadded = good.trim_end_matches('=').to_string();
+        let url_safe = base64::engine::general_purpose::URL_SAFE.encode([0xfb; 32]);
+        let cases: [(&str, &str, Option<usize>); 8] = [
+            ("not base64", "!!!!not-base64!!!!", None),
+            ("unpadded", &unpadded, None),
+            ("url-safe alphabet", &url_safe, None),
+            ("inner space", "AQEB AQEB", None),
+            ("empty", "", Some(0)),
+            ("31 bytes", &b64(&[1; 31]), Some(31)),
+            ("33 bytes", &b64(&[1; 33]), Some(33)),
+            ("64 bytes", &b64(&[1; 64]), Some(64)),
+        ];
+        for (name, text, want_len) in cases {
+            let err = EnvKekProvider::from_base64(text).expect_err(name);
+            match (&err, want_len) {
+                (KekError::EnvBase64, None) => {}
+                (KekError::EnvKekSize { len }, Some(want)) => assert_eq!(*len, want, "{name}"),
+                other => panic!("{name}: {other:?}"),
+            }
+            let message = err.to_string();
+            assert!(message.contains(KEK_ENV_VAR), "{name}: {message}");
+            if text.len() > 4 {
+                assert!(!message.contains(text), "{name}: message echoes the text");
+            }
+        }
+    }
+
+    #[test]
+    fn generated_kek_file_loads_and_is_owner_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kek");
+        generate_kek_file(&path).expect("generate");
+        let meta = std::fs::metadata(&path).expect("stat");
+        assert_eq!(meta.len(), 32);
+        assert_eq!(meta.permissions().mode() & 0o077, 0, "group/other bits set");
+        assert_eq!(meta.permissions().mode() & 0o600, 0o600);
+        let kek = Kek::from_file(&path).expect("load generated kek");
+        let wrapped = wrap_dek(&kek, &[3; 32]).expect("wrap");
+        let again = FileKekProvider::new(&path).load().expect("load again");
+        assert_eq!(
+            unwrap_dek(&again, &wrapped).expect("unwrap").as_bytes(),
+            &[3; 32]
+        );
+
+        // Two generated keys differ.
+        let other = dir.path().join("kek2");
+        generate_kek_file(&other).expect("generate second");
+        assert_ne!(
+            std::fs::read(&path).expect("read"),
+            std::fs::read(&other).expect("read")
+        );
+    }
+
+    #[test]
+    fn generate_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kek");
+        generate_kek_file(&path).expect("generate");
+        let before = std::fs::read(&path).expect("read");
+        match generate_kek_file(&path) {
+            Err(KekError::AlreadyExists { path: p }) => assert_eq!(p, path),
+            other => panic!("second generate: {other:?}"),
+        }
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            before,
+            "kek file changed"
+        );
+
+        // A symlink at the path is refused too, and its target is left alone.
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"keep").expect("write target");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        assert_eq!(class(generate_kek_file(&link)), Some("already_exists"));
+        assert_eq!(std::fs::read(&target).expect("read"), b"keep");
+    }
+
+    #[test]
+    fn generate_into_a_missing_directory_is_a_write_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("absent").join("kek");
+        match generate_kek_file(&path) {
+            Err(KekError::Write {
+                op: "create",
+                path: p,
+                ..
+            }) => assert_eq!(p, path),
+            other => panic!("missing dir: {other:?}"),
+        }
+    }
+}

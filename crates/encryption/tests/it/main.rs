@@ -2,7 +2,10 @@
 
 mod applier;
 mod envelope;
+mod install;
 mod kek;
+mod keyfixture;
+mod keyring;
 mod registry;
 mod sidecar;
 mod vectors;

@@ -1,0 +1,880 @@
+//! The key-installing applier: bootstrap and rotation through
+//! `Applier::with_keyring` over the in-memory registry, their replays and refusals,
+//! and crashes between their durable steps.
+
+use std::sync::Arc;
+
+use sealkv_encryption::applier::{Applied, Applier, ApplyError, Rejection};
+use sealkv_encryption::durable::{DurableStep, durable_replace_stop_after};
+use sealkv_encryption::keyring::{Keyring, KeyringError, VALUE_HEADER_LEN};
+use sealkv_encryption::registry::{WriterKey, WriterRecord};
+use sealkv_encryption::sidecar::{SIDECAR_MODE, sidecar_path, to_json};
+use sealkv_encryption::testing::MemoryRegistry;
+use sealkv_encryption::{RegistryStoreError, WriterRegistryStore};
+use sealkv_fsmwire::{OP_BOOTSTRAP, OP_ROTATION, Purpose};
+
+use crate::keyfixture::{
+    COLLIDER, KEK_BYTES, NODE, Node, OTHER, bootstrap, provider, rotation, row, sidecar_bytes,
+    sidecar_on_disk, wrapped,
+};
+
+/// A third member (node16 0x000b).
+const THIRD: u64 = 0x0000_0004_0000_000b;
+
+const HEADER: [u8; VALUE_HEADER_LEN] = [0x02, 0, 0, 0, 0, 0, 0, 0, 0];
+
+fn record(full_node_id: u64, first: u16, last: u16) -> WriterRecord {
+    WriterRecord {
+        full_node_id,
+        first_seen_local_epoch: first,
+        last_seen_local_epoch: last,
+    }
+}
+
+fn rows(registry: &MemoryRegistry) -> Vec<(WriterKey, WriterRecord)> {
+    registry.list_writers().expect("list")
+}
+
+fn apply_boot(
+    node: &Node,
+    index: u64,
+    storage: u32,
+    raft: u32,
+    rows: Vec<sealkv_fsmwire::RegistrationPayload>,
+) -> Result<Applied, ApplyError> {
+    let payload = bootstrap(storage, raft, rows).encode().expect("encode");
+    node.applier.apply(index, OP_BOOTSTRAP, &payload)
+}
+
+fn apply_rot(
+    node: &Node,
+    index: u64,
+    rot: sealkv_fsmwire::RotationPayload,
+) -> Result<Applied, ApplyError> {
+    node.applier
+        .apply(index, OP_ROTATION, &rot.encode().expect("encode"))
+}
+
+/// The standard bootstrap: keys 1 (storage) and 2 (raft), this node at epoch 1 and
+/// another member at epoch 3.
+fn standard_boot(node: &Node, index: u64) -> Result<Applied, ApplyError> {
+    apply_boot(
+        node,
+        index,
+        1,
+        2,
+        vec![
+            row(1, NODE, 1),
+            row(2, NODE, 1),
+            row(1, OTHER, 3),
+            row(2, OTHER, 3),
+        ],
+    )
+}
+
+fn bootstrapped() -> Applied {
+    Applied::Bootstrapped {
+        storage_key_id: 1,
+        raft_key_id: 2,
+    }
+}
+
+#[test]
+fn bootstrap_installs_keys_writes_sidecar_and_rows() {
+    let node = Node::fresh();
+    assert_eq!(standard_boot(&node, 10).expect("bootstrap"), bootstrapped());
+
+    let k = &node.keyring;
+    assert!(k.is_bootstrapped());
+    assert_eq!(k.key_ids(), [1, 2]);
+    assert_eq!(k.active_key_id(Purpose::Storage), Some(1));
+    assert_eq!(k.active_key_id(Purpose::Raft), Some(2));
+    assert_eq!(k.sidecar_applied_index(), 10);
+    assert_eq!(k.local_epochs(), [(1, 1), (2, 1)]);
+    // Bootstrap switches no envelope on.
+    assert!(!k.storage_envelope_active());
+    assert_eq!(k.raft_envelope_cutover_index(), 0);
+
+    let disk = sidecar_on_disk(node.path()).expect("sidecar written");
+    assert_eq!(disk.raft_applied_index, 10);
+    assert_eq!((disk.active.storage, disk.active.raft), (1, 2));
+    for (id, purpose) in [(1, "storage"), (2, "raft")] {
+        let key = disk.key(id).expect("key on disk");
+        assert_eq!(key.purpose, purpose);
+        assert_eq!(key.local_epoch, 1);
+        assert!(
+            key.created.ends_with('Z') && key.created.len() == 20,
+            "{}",
+            key.created
+        );
+        assert_eq!(key.wrapped.as_ref().map(Vec::len), Some(60));
+    }
+    assert_eq!(k.sidecar(), Some(disk));
+
+    assert_eq!(
+        rows(&node.registry),
+        [
+            (
+                WriterKey {
+                    dek_id: 1,
+                    node_id16: 7
+                },
+                record(NODE, 1, 1)
+            ),
+            (
+                WriterKey {
+                    dek_id: 1,
+                    node_id16: 9
+                },
+                record(OTHER, 3, 3)
+            ),
+            (
+                WriterKey {
+                    dek_id: 2,
+                    node_id16: 7
+                },
+                record(NODE, 1, 1)
+            ),
+            (
+                WriterKey {
+                    dek_id: 2,
+                    node_id16: 9
+                },
+                record(OTHER, 3, 3)
+            ),
+        ]
+    );
+
+    // This node's rows were in the batch: it seals at once, and the keys are the
+    // payload's DEKs.
+    assert!(k.pending_registrations().is_empty());
+    let sealed = k.seal_storage(b"value", &HEADER, b"key").expect("seal");
+    assert_eq!(
+        k.open_storage(&sealed, &HEADER, b"key").expect("open"),
+        b"value"
+    );
+    let mut ks = sealkv_encryption::envelope::Keystore::new();
+    ks.insert(
+        1,
+        sealkv_encryption::envelope::Dek::from_bytes(crate::keyfixture::dek_bytes(1)),
+    )
+    .expect("insert");
+    let context = [&HEADER[..], b"key"].concat();
+    let opened = ks
+        .open_envelope(
+            &sealed,
+            sealkv_encryption::envelope::AadMode::Storage { context: &context },
+        )
+        .expect("the payload's DEK opens it");
+    assert_eq!(opened.plaintext, b"value");
+
+    // After a restart the epoch is above the batch's and must be registered again.
+    let node = node.restart();
+    assert_eq!(node.keyring.local_epochs(), [(1, 2), (2, 2)]);
+    assert!(matches!(
+        node.keyring.seal_raft(b"p"),
+        Err(KeyringError::NotRegistered {
+            key_id: 2,
+            epoch: 2
+        })
+    ));
+    node.register();
+    node.keyring.seal_raft(b"p").expect("registered again");
+    assert_eq!(
+        node.registry
+            .get_writer(WriterKey::for_node(2, NODE))
+            .expect("get"),
+        Some(record(NODE, 1, 2))
+    );
+}
+
+#[test]
+fn bootstrap_without_this_nodes_row_waits_for_its_registration() {
+    let node = Node::fresh();
+    apply_boot(&node, 4, 1, 2, vec![row(1, OTHER, 1), row(2, OTHER, 1)]).expect("bootstrap");
+    assert_eq!(node.keyring.local_epochs(), [(1, 0), (2, 0)]);
+    assert_eq!(
+        node.keyring.pending_registrations(),
+        [row(1, NODE, 0), row(2, NODE, 0)]
+    );
+    assert!(matches!(
+        node.keyring.seal_storage(b"v", &HEADER, b"k"),
+        Err(KeyringError::NotRegistered {
+            key_id: 1,
+            epoch: 0
+        })
+    ));
+    // Another node's registration does not help; this node's does.
+    node.applier
+        .apply_registration(&row(1, THIRD, 0))
+        .expect("other node");
+    assert!(node.keyring.seal_storage(b"v", &HEADER, b"k").is_err());
+    node.applier
+        .apply_registration(&row(1, NODE, 0))
+        .expect("own registration");
+    node.keyring
+        .seal_storage(b"v", &HEADER, b"k")
+        .expect("seals");
+    assert_eq!(node.keyring.pending_registrations(), [row(2, NODE, 0)]);
+}
+
+#[test]
+fn bootstrap_replay_at_the_same_index_changes_nothing() {
+    let node = Node::fresh();
+    standard_boot(&node, 10).expect("bootstrap");
+    let (sidecar, registry) = (sidecar_bytes(node.path()), rows(&node.registry));
+    for _ in 0..2 {
+        assert_eq!(
+            standard_boot(&node, 10).expect("replay"),
+            Applied::Replayed {
+                opcode: OP_BOOTSTRAP
+            }
+        );
+    }
+    // The same keys at an index the sidecar is past is a replay too.
+    assert_eq!(
+        node.applier
+            .apply_bootstrap(9, &bootstrap(1, 2, vec![]))
+            .expect("replay"),
+        Applied::Replayed {
+            opcode: OP_BOOTSTRAP
+        }
+    );
+    // Other keys at such an index were refused when first applied.
+    assert_eq!(
+        node.applier
+            .apply_bootstrap(9, &bootstrap(1, 5, vec![]))
+            .expect("refusal"),
+        Applied::Rejected {
+            reason: Rejection::Superseded { sidecar_index: 10 }
+        }
+    );
+    assert_eq!(sidecar_bytes(node.path()), sidecar);
+    assert_eq!(rows(&node.registry), registry);
+    assert_eq!(node.keyring.local_epochs(), [(1, 1), (2, 1)]);
+}
+
+#[test]
+fn second_bootstrap_is_rejected_and_changes_nothing() {
+    let node = Node::fresh();
+    standard_boot(&node, 10).expect("bootstrap");
+    let (sidecar, registry) = (sidecar_bytes(node.path()), rows(&node.registry));
+    for (index, storage, raft) in [(11, 3, 4), (12, 1, 2), (13, 0, 5)] {
+        assert_eq!(
+            apply_boot(&node, index, storage, raft, vec![row(storage, OTHER, 9)]).expect("refusal"),
+            Applied::Rejected {
+                reason: Rejection::AlreadyBootstrapped
+            },
+            "index {index}"
+        );
+    }
+    assert_eq!(sidecar_bytes(node.path()), sidecar);
+    assert_eq!(rows(&node.registry), registry);
+    assert_eq!(node.keyring.key_ids(), [1, 2]);
+}
+
+#[test]
+fn malformed_bootstraps_are_rejected_before_anything_is_written() {
+    let cases = [
+        (
+            0,
+            2,
+            Rejection::ReservedKeyId {
+                purpose: Purpose::Storage,
+            },
+        ),
+        (
+            1,
+            0,
+            Rejection::ReservedKeyId {
+                purpose: Purpose::Raft,
+            },
+        ),
+        (3, 3, Rejection::SameKeyIds { key_id: 3 }),
+    ];
+    for (storage, raft, reason) in cases {
+        let node = Node::fresh();
+        assert_eq!(
+            apply_boot(&node, 5, storage, raft, vec![row(storage, NODE, 1)]).expect("refusal"),
+            Applied::Rejected { reason },
+            "{storage}/{raft}"
+        );
+        assert!(sidecar_bytes(node.path()).is_none());
+        assert!(rows(&node.registry).is_empty());
+        assert!(!node.keyring.is_bootstrapped());
+    }
+}
+
+#[test]
+fn bootstrap_halts_on_a_wrong_kek_or_a_bad_batch_and_writes_nothing() {
+    // Keys wrapped under another KEK.
+    let node = Node::fresh();
+    let mut payload = bootstrap(1, 2, vec![row(1, NODE, 1)]);
+    payload.wrapped_raft = sealkv_encryption::kek::wrap_dek(
+        &sealkv_encryption::kek::Kek::from_bytes([0x99; 32]),
+        &[1; 32],
+    )
+    .expect("wrap")
+    .to_vec();
+    match node.applier.apply_bootstrap(5, &payload) {
+        Err(ApplyError::Keyring(KeyringError::KekDoesNotUnwrap { key_id: 2, .. })) => {}
+        other => panic!("wrong kek: {other:?}"),
+    }
+    // A wrapped blob of the wrong length is the same halt.
+    payload.wrapped_raft = vec![0; 12];
+    assert!(matches!(
+        node.applier.apply_bootstrap(5, &payload),
+        Err(ApplyError::Keyring(KeyringError::KekDoesNotUnwrap {
+            key_id: 2,
+            ..
+        }))
+    ));
+    assert!(sidecar_bytes(node.path()).is_none());
+    assert!(rows(&node.registry).is_empty());
+    assert!(node.keyring.key_ids().is_empty());
+
+    // Two nodes sharing node16 in the batch.
+    let node = Node::fresh();
+    let err = apply_boot(&node, 5, 1, 2, vec![row(1, NODE, 1), row(1, COLLIDER, 1)])
+        .expect_err("collision");
+    assert!(
+        matches!(err, ApplyError::NodeIdCollision { dek_id: 1, .. }),
+        "{err:?}"
+    );
+    // An epoch going backwards inside the batch.
+    let err =
+        apply_boot(&node, 5, 1, 2, vec![row(2, OTHER, 4), row(2, OTHER, 3)]).expect_err("rollback");
+    assert!(
+        matches!(
+            err,
+            ApplyError::EpochRollback {
+                dek_id: 2,
+                epoch: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(sidecar_bytes(node.path()).is_none());
+    assert!(rows(&node.registry).is_empty());
+    assert!(!node.keyring.is_bootstrapped());
+}
+
+#[test]
+fn applier_without_a_keyring_still_refuses_key_installs() {
+    let applier = Applier::new(Arc::new(MemoryRegistry::new()));
+    assert!(applier.keyring().is_none());
+    let boot = bootstrap(1, 2, vec![]);
+    assert!(matches!(
+        applier.apply_bootstrap(1, &boot),
+        Err(ApplyError::KekNotConfigured {
+            opcode: OP_BOOTSTRAP
+        })
+    ));
+    assert!(matches!(
+        applier.apply_rotation(2, &rotation(3, Purpose::Storage, NODE, 1)),
+        Err(ApplyError::KekNotConfigured {
+            opcode: OP_ROTATION
+        })
+    ));
+}
+
+#[test]
+fn values_sealed_across_two_rotations_all_open() {
+    let node = Node::fresh();
+    standard_boot(&node, 10).expect("bootstrap");
+    let k = node.keyring.clone();
+    let mut sealed = vec![(
+        k.seal_storage(b"v1", &HEADER, b"a").expect("seal"),
+        b"v1".to_vec(),
+        1u32,
+    )];
+    let mut raft = vec![(k.seal_raft(b"r1").expect("seal raft"), b"r1".to_vec())];
+
+    // Rotation proposed by this node: its row is in the entry, so it seals at once.
+    assert_eq!(
+        apply_rot(&node, 20, rotation(3, Purpose::Storage, NODE, 5)).expect("rotate"),
+        Applied::Rotated {
+            purpose: Purpose::Storage,
+            key_id: 3
+        }
+    );
+    assert_eq!(k.active_key_id(Purpose::Storage), Some(3));
+    assert_eq!(k.active_key_id(Purpose::Raft), Some(2));
+    assert_eq!(k.local_epochs(), [(1, 1), (2, 1), (3, 5)]);
+    sealed.push((
+        k.seal_storage(b"v2", &HEADER, b"b").expect("seal"),
+        b"v2".to_vec(),
+        3,
+    ));
+
+    // Rotation proposed by another node: this node must register first.
+    assert_eq!(
+        apply_rot(&node, 30, rotation(4, Purpose::Storage, OTHER, 2)).expect("rotate"),
+        Applied::Rotated {
+            purpose: Purpose::Storage,
+            key_id: 4
+        }
+    );
+    assert_eq!(k.local_epochs(), [(1, 1), (2, 1), (3, 5), (4, 0)]);
+    assert!(matches!(
+        k.seal_storage(b"v3", &HEADER, b"c"),
+        Err(KeyringError::NotRegistered {
+            key_id: 4,
+            epoch: 0
+        })
+    ));
+    assert_eq!(k.pending_registrations(), [row(4, NODE, 0)]);
+    for reg in k.pending_registrations() {
+        node.applier.apply_registration(&reg).expect("register");
+    }
+    sealed.push((
+        k.seal_storage(b"v3", &HEADER, b"c").expect("seal"),
+        b"v3".to_vec(),
+        4,
+    ));
+
+    // And a raft rotation.
+    apply_rot(&node, 31, rotation(5, Purpose::Raft, NODE, 1)).expect("rotate raft");
+    raft.push((k.seal_raft(b"r2").expect("seal raft"), b"r2".to_vec()));
+
+    let disk = sidecar_on_disk(node.path()).expect("sidecar");
+    assert_eq!(disk.raft_applied_index, 31);
+    assert_eq!((disk.active.storage, disk.active.raft), (4, 5));
+    assert_eq!(k.key_ids(), [1, 2, 3, 4, 5]);
+    assert_eq!(
+        node.registry
+            .get_writer(WriterKey::for_node(4, OTHER))
+            .expect("get"),
+        Some(record(OTHER, 2, 2))
+    );
+
+    // Everything opens, in this load and the next.
+    let node = node.restart();
+    for k in [&k, &node.keyring] {
+        for ((envelope, plain, key_id), storage_key) in sealed.iter().zip([b"a", b"b", b"c"]) {
+            assert_eq!(envelope.get(2..6), Some(&key_id.to_be_bytes()[..]));
+            assert_eq!(
+                &k.open_storage(envelope, &HEADER, storage_key)
+                    .expect("open"),
+                plain
+            );
+        }
+        for (envelope, plain) in &raft {
+            assert_eq!(&k.open_raft(envelope).expect("open raft"), plain);
+        }
+    }
+    // Only the active keys' epochs went up.
+    assert_eq!(
+        node.keyring.local_epochs(),
+        [(1, 1), (2, 1), (3, 5), (4, 1), (5, 2)]
+    );
+}
+
+#[test]
+fn rotation_refusals_change_nothing() {
+    // Before bootstrap.
+    let node = Node::fresh();
+    assert_eq!(
+        apply_rot(&node, 3, rotation(3, Purpose::Storage, NODE, 1)).expect("refusal"),
+        Applied::Rejected {
+            reason: Rejection::NotBootstrapped
+        }
+    );
+    assert!(sidecar_bytes(node.path()).is_none());
+
+    standard_boot(&node, 10).expect("bootstrap");
+    let (sidecar, registry) = (sidecar_bytes(node.path()), rows(&node.registry));
+    let mut mismatch = rotation(7, Purpose::Raft, NODE, 1);
+    mismatch.proposer_registration.dek_id = 8;
+    let cases = [
+        (
+            rotation(0, Purpose::Storage, NODE, 1),
+            Rejection::ReservedKeyId {
+                purpose: Purpose::Storage,
+            },
+        ),
+        (
+            rotation(1, Purpose::Storage, NODE, 9),
+            Rejection::KeyIdInUse { key_id: 1 },
+        ),
+        (
+            rotation(2, Purpose::Storage, NODE, 9),
+            Rejection::KeyIdInUse { key_id: 2 },
+        ),
+        (
+            mismatch,
+            Rejection::ProposerKeyMismatch {
+                key_id: 7,
+                row_key_id: 8,
+            },
+        ),
+    ];
+    for (i, (rot, reason)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            apply_rot(&node, 11 + i as u64, rot).expect("refusal"),
+            Applied::Rejected { reason },
+        );
+    }
+    assert_eq!(sidecar_bytes(node.path()), sidecar);
+    assert_eq!(rows(&node.registry), registry);
+    assert_eq!(node.keyring.key_ids(), [1, 2]);
+
+    // A collision in the proposer row halts, with nothing written.
+    apply_rot(&node, 20, rotation(3, Purpose::Storage, NODE, 1)).expect("rotate");
+    node.registry
+        .put_writers(&[(WriterKey::for_node(4, NODE), record(COLLIDER, 1, 1))])
+        .expect("seed a collision");
+    let before = sidecar_bytes(node.path());
+    let err = apply_rot(&node, 21, rotation(4, Purpose::Storage, NODE, 1)).expect_err("collision");
+    assert!(
+        matches!(err, ApplyError::NodeIdCollision { dek_id: 4, .. }),
+        "{err:?}"
+    );
+    assert_eq!(sidecar_bytes(node.path()), before);
+    assert!(!node.keyring.key_ids().contains(&4));
+}
+
+#[test]
+fn rotation_replays_and_stays_rejected_once_superseded() {
+    let node = Node::fresh();
+    // Index 5: a rotation before bootstrap, refused.
+    let early = rotation(3, Purpose::Storage, NODE, 1);
+    assert_eq!(
+        apply_rot(&node, 5, early.clone()).expect("refusal"),
+        Applied::Rejected {
+            reason: Rejection::NotBootstrapped
+        }
+    );
+    standard_boot(&node, 6).expect("bootstrap");
+    let rot = rotation(4, Purpose::Raft, OTHER, 2);
+    apply_rot(&node, 7, rot.clone()).expect("rotate");
+    let (sidecar, registry) = (sidecar_bytes(node.path()), rows(&node.registry));
+
+    // The state machine's applied index lagged: it replays 5, 6 and 7.
+    let node = node.restart();
+    assert_ne!(
+        sidecar_bytes(node.path()),
+        sidecar,
+        "the restart raised epochs"
+    );
+    let sidecar = sidecar_bytes(node.path());
+    assert_eq!(
+        apply_rot(&node, 5, early).expect("replayed refusal"),
+        Applied::Rejected {
+            reason: Rejection::Superseded { sidecar_index: 7 }
+        },
+        "a refused rotation must not install on replay"
+    );
+    assert_eq!(
+        standard_boot(&node, 6).expect("replay"),
+        Applied::Replayed {
+            opcode: OP_BOOTSTRAP
+        }
+    );
+    assert_eq!(
+        apply_rot(&node, 7, rot).expect("replay"),
+        Applied::Replayed {
+            opcode: OP_ROTATION
+        }
+    );
+    assert_eq!(sidecar_bytes(node.path()), sidecar);
+    assert_eq!(rows(&node.registry), registry);
+    assert_eq!(node.keyring.key_ids(), [1, 2, 4]);
+}
+
+#[test]
+fn replay_tolerates_a_registry_already_past_the_entry() {
+    let node = Node::fresh();
+    standard_boot(&node, 10).expect("bootstrap");
+    // Later entries advanced this node's rows before the applied index was flushed.
+    node.applier
+        .apply_registration(&row(1, OTHER, 8))
+        .expect("advance");
+    let node = node.restart();
+    node.register();
+    let registry = rows(&node.registry);
+    assert_eq!(
+        standard_boot(&node, 10).expect("replay"),
+        Applied::Replayed {
+            opcode: OP_BOOTSTRAP
+        }
+    );
+    assert_eq!(rows(&node.registry), registry);
+}
+
+/// A registry whose writes fail while `failing` is set, as a crash after the sidecar
+/// write would leave it.
+struct FlakyRegistry {
+    inner: MemoryRegistry,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl WriterRegistryStore for FlakyRegistry {
+    fn get_writer(&self, key: WriterKey) -> Result<Option<WriterRecord>, RegistryStoreError> {
+        self.inner.get_writer(key)
+    }
+    fn put_writers(&self, rows: &[(WriterKey, WriterRecord)]) -> Result<(), RegistryStoreError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RegistryStoreError::Backend {
+                op: "sync rows",
+                source: "crash".into(),
+            });
+        }
+        self.inner.put_writers(rows)
+    }
+    fn list_writers(&self) -> Result<Vec<(WriterKey, WriterRecord)>, RegistryStoreError> {
+        self.inner.list_writers()
+    }
+}
+
+#[test]
+fn crash_between_sidecar_and_registry_is_finished_by_the_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Arc::new(FlakyRegistry {
+        inner: MemoryRegistry::new(),
+        failing: std::sync::atomic::AtomicBool::new(true),
+    });
+    let open = || Arc::new(Keyring::open(dir.path(), NODE, provider(KEK_BYTES)).expect("open"));
+    let keyring = open();
+    let applier = Applier::with_keyring(registry.clone(), keyring.clone());
+    let boot = bootstrap(
+        1,
+        2,
+        vec![row(1, NODE, 1), row(2, NODE, 1), row(1, OTHER, 1)],
+    );
+    let err = applier
+        .apply_bootstrap(10, &boot)
+        .expect_err("registry write fails");
+    assert!(matches!(err, ApplyError::Store(_)), "{err:?}");
+    // The sidecar is durable, the rows are not, and nothing seals.
+    assert_eq!(
+        sidecar_on_disk(dir.path())
+            .expect("sidecar")
+            .raft_applied_index,
+        10
+    );
+    assert!(registry.list_writers().expect("list").is_empty());
+    assert!(matches!(
+        keyring.seal_raft(b"p"),
+        Err(KeyringError::NotRegistered { .. })
+    ));
+
+    // Restart: epochs rise above the entry's, the replay writes the missing rows.
+    drop((applier, keyring));
+    registry
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let keyring = open();
+    let applier = Applier::with_keyring(registry.clone(), keyring.clone());
+    assert_eq!(keyring.local_epochs(), [(1, 2), (2, 2)]);
+    let regs = keyring
+        .check_registry(registry.as_ref())
+        .expect("startup check");
+    assert_eq!(regs, [row(1, NODE, 2), row(2, NODE, 2)]);
+    assert_eq!(
+        applier.apply_bootstrap(10, &boot).expect("replay"),
+        Applied::Replayed {
+            opcode: OP_BOOTSTRAP
+        }
+    );
+    assert_eq!(
+        registry
+            .get_writer(WriterKey::for_node(1, OTHER))
+            .expect("get"),
+        Some(record(OTHER, 1, 1))
+    );
+    for reg in regs {
+        applier
+            .apply_registration(&reg)
+            .expect("register the new epoch");
+    }
+    assert_eq!(
+        registry
+            .get_writer(WriterKey::for_node(1, NODE))
+            .expect("get"),
+        Some(record(NODE, 1, 2))
+    );
+    keyring
+        .seal_storage(b"v", &HEADER, b"k")
+        .expect("seals at epoch 2");
+}
+
+/// Whether a crash right after `step` leaves the new sidecar in place.
+fn new_file_survives(step: DurableStep) -> bool {
+    matches!(
+        step,
+        DurableStep::Rename | DurableStep::OpenDir | DurableStep::SyncDir
+    )
+}
+
+#[test]
+fn crash_during_bootstrap_sidecar_write_recovers_on_replay() {
+    for step in DurableStep::ALL {
+        let node = Node::fresh();
+        node.keyring.crash_next_sidecar_write_after(step);
+        let err = standard_boot(&node, 10).expect_err("simulated crash");
+        assert!(
+            matches!(err, ApplyError::Keyring(KeyringError::WriteSidecar { .. })),
+            "{step}: {err:?}"
+        );
+        // The crash happened before any key loaded or row was written.
+        assert!(!node.keyring.is_bootstrapped(), "{step}");
+        assert!(rows(&node.registry).is_empty(), "{step}");
+
+        let node = node.restart();
+        let on_disk = sidecar_on_disk(node.path());
+        if new_file_survives(step) {
+            let doc = on_disk.expect("new sidecar");
+            assert_eq!(doc.raft_applied_index, 10, "{step}");
+            // The reopened keyring raised the epochs from the entry's.
+            assert_eq!(node.keyring.local_epochs(), [(1, 2), (2, 2)], "{step}");
+            assert_eq!(
+                standard_boot(&node, 10).expect("replay"),
+                Applied::Replayed {
+                    opcode: OP_BOOTSTRAP
+                },
+                "{step}"
+            );
+            node.register();
+        } else {
+            assert!(on_disk.is_none(), "{step}: old (absent) sidecar expected");
+            assert!(!node.keyring.is_bootstrapped(), "{step}");
+            assert_eq!(
+                standard_boot(&node, 10).expect("apply"),
+                bootstrapped(),
+                "{step}"
+            );
+        }
+        assert_eq!(node.keyring.key_ids(), [1, 2], "{step}");
+        assert_eq!(rows(&node.registry).len(), 4, "{step}");
+        let sealed = node.keyring.seal_raft(b"p").expect("seals");
+        assert_eq!(
+            node.keyring.open_raft(&sealed).expect("opens"),
+            b"p",
+            "{step}"
+        );
+        let tmp = sidecar_path(node.path()).with_file_name("keys.json.tmp");
+        assert!(!tmp.exists(), "{step}: stale tmp");
+    }
+}
+
+#[test]
+fn crash_during_rotation_sidecar_write_leaves_old_or_new() {
+    for step in DurableStep::ALL {
+        let node = Node::fresh();
+        standard_boot(&node, 10).expect("bootstrap");
+        let old = node
+            .keyring
+            .seal_storage(b"old", &HEADER, b"k")
+            .expect("seal");
+        node.keyring.crash_next_sidecar_write_after(step);
+        let rot = rotation(3, Purpose::Storage, NODE, 4);
+        assert!(apply_rot(&node, 11, rot.clone()).is_err(), "{step}");
+        assert_eq!(
+            node.keyring.active_key_id(Purpose::Storage),
+            Some(1),
+            "{step}"
+        );
+
+        let node = node.restart();
+        let doc = sidecar_on_disk(node.path()).expect("sidecar");
+        if new_file_survives(step) {
+            assert_eq!(
+                (doc.raft_applied_index, doc.active.storage),
+                (11, 3),
+                "{step}"
+            );
+            assert_eq!(
+                node.keyring.local_epochs(),
+                [(1, 1), (2, 2), (3, 5)],
+                "{step}"
+            );
+            assert_eq!(
+                apply_rot(&node, 11, rot).expect("replay"),
+                Applied::Replayed {
+                    opcode: OP_ROTATION
+                }
+            );
+        } else {
+            assert_eq!(
+                (doc.raft_applied_index, doc.active.storage),
+                (10, 1),
+                "{step}"
+            );
+            assert_eq!(node.keyring.local_epochs(), [(1, 2), (2, 2)], "{step}");
+            assert_eq!(
+                apply_rot(&node, 11, rot).expect("apply"),
+                Applied::Rotated {
+                    purpose: Purpose::Storage,
+                    key_id: 3
+                }
+            );
+        }
+        node.register();
+        assert_eq!(
+            node.keyring.active_key_id(Purpose::Storage),
+            Some(3),
+            "{step}"
+        );
+        assert_eq!(
+            node.keyring
+                .open_storage(&old, &HEADER, b"k")
+                .expect("old opens"),
+            b"old"
+        );
+        let new = node
+            .keyring
+            .seal_storage(b"new", &HEADER, b"k")
+            .expect("seal new");
+        assert_eq!(new.get(2..6), Some(&3u32.to_be_bytes()[..]));
+    }
+}
+
+#[test]
+fn crash_mid_write_of_a_sidecar_opens_old_or_new_consistently() {
+    let node = Node::fresh();
+    standard_boot(&node, 10).expect("bootstrap");
+    let old = sidecar_on_disk(node.path()).expect("sidecar");
+    let mut new = old.clone();
+    new.raft_applied_index = 11;
+    if let Some(keys) = new.keys.as_mut() {
+        keys.insert(
+            "3".to_string(),
+            sealkv_encryption::sidecar::SidecarKey {
+                purpose: "storage".to_string(),
+                wrapped: Some(wrapped(3)),
+                created: "now".to_string(),
+                local_epoch: 40,
+            },
+        );
+    }
+    new.active.storage = 3;
+    let text = to_json(&new).expect("serialize");
+    let node_dir = node.dir;
+    for step in DurableStep::ALL {
+        old.write(&sidecar_path(node_dir.path()))
+            .expect("reset to old");
+        durable_replace_stop_after(
+            &sidecar_path(node_dir.path()),
+            text.as_bytes(),
+            SIDECAR_MODE,
+            step,
+        )
+        .expect("stop after step");
+        let keyring = Keyring::open(node_dir.path(), NODE, provider(KEK_BYTES)).expect("open");
+        if new_file_survives(step) {
+            assert_eq!(keyring.sidecar_applied_index(), 11, "{step}");
+            assert_eq!(keyring.local_epochs(), [(1, 1), (2, 2), (3, 41)], "{step}");
+        } else {
+            assert_eq!(keyring.sidecar_applied_index(), 10, "{step}");
+            assert_eq!(keyring.local_epochs(), [(1, 2), (2, 2)], "{step}");
+        }
+        // What open wrote is what it holds.
+        assert_eq!(
+            sidecar_on_disk(node_dir.path()),
+            keyring.sidecar(),
+            "{step}"
+        );
+    }
+}
