@@ -13,7 +13,8 @@ const KEY_ID: u32 = 7;
 
 fn envelopes(c: &mut Criterion) {
     let mut keys = Keystore::new();
-    keys.insert(KEY_ID, Dek::from_bytes([0x42; 32])).expect("insert");
+    keys.insert(KEY_ID, Dek::from_bytes([0x42; 32]))
+        .expect("insert");
     // Value header ‖ storage key, as the store builds the AAD context.
     let context = [0u8; 9 + 24];
     let mut group = c.benchmark_group("envelope");
@@ -56,7 +57,9 @@ fn envelopes(c: &mut Criterion) {
 
     let kek = Kek::from_bytes([0x11; 32]);
     let dek = [0x22u8; 32];
-    c.bench_function("kek/wrap_dek", |b| b.iter(|| wrap_dek(&kek, &dek).expect("wrap")));
+    c.bench_function("kek/wrap_dek", |b| {
+        b.iter(|| wrap_dek(&kek, &dek).expect("wrap"))
+    });
     let wrapped = wrap_dek(&kek, &dek).expect("wrap");
     c.bench_function("kek/unwrap_dek", |b| {
         b.iter(|| unwrap_dek(&kek, &wrapped).expect("unwrap"))

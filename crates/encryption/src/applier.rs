@@ -202,12 +202,95 @@ pub enum Applied {
         /// The entry's opcode.
         opcode: u8,
     },
+    /// An envelope switch (`0x05`, subtag `0x02` or `0x03`) turned an envelope on.
+    EnvelopeEnabled {
+        /// Which envelope.
+        switch: EnvelopeSwitch,
+        /// The Raft envelope cutover index now in force (0: none).
+        raft_cutover_index: u64,
+    },
     /// A deterministic refusal: nothing changed, every replica refuses the same way,
     /// and the entry counts as applied.
     Rejected {
         /// Why.
         reason: Rejection,
     },
+}
+
+/// The rotation family's envelope switches, sealkv's use of two of the subtags the
+/// family reserves (elastickv's decoder refuses them, so a mixed cluster halts on
+/// them rather than diverging).
+///
+/// ```text
+/// payload (after the 0x05 opcode), exactly 2 bytes:
+/// +---------+--------+
+/// | version | subtag |   version 01; subtag 02 storage envelope, 03 raft envelope
+/// +---------+--------+
+/// ```
+///
+/// * **storage**: from this entry on, every user value the state machine writes is
+///   sealed in a storage envelope.
+/// * **raft**: this entry's index becomes the Raft envelope cutover: every KV entry
+///   after it must carry its payload in a raft envelope.
+///
+/// Both are one-way: there is no switch back to cleartext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EnvelopeSwitch {
+    /// Turn the storage envelope on.
+    Storage,
+    /// Turn the Raft envelope on.
+    Raft,
+}
+
+impl EnvelopeSwitch {
+    /// The switch's payload version.
+    pub const VERSION: u8 = 1;
+    /// Subtag of the storage envelope switch.
+    pub const SUBTAG_STORAGE: u8 = 0x02;
+    /// Subtag of the Raft envelope switch.
+    pub const SUBTAG_RAFT: u8 = 0x03;
+
+    /// The switch's subtag.
+    pub fn subtag(self) -> u8 {
+        match self {
+            EnvelopeSwitch::Storage => Self::SUBTAG_STORAGE,
+            EnvelopeSwitch::Raft => Self::SUBTAG_RAFT,
+        }
+    }
+
+    /// The payload after the `0x05` opcode.
+    pub fn encode(self) -> [u8; 2] {
+        [Self::VERSION, self.subtag()]
+    }
+
+    /// Recognises an envelope switch in a `0x05` payload: `Ok(None)` when the
+    /// payload is not one (it is then decoded as a [`RotationPayload`]).
+    ///
+    /// # Errors
+    /// [`sealkv_fsmwire::Error::Malformed`] when a switch carries trailing bytes.
+    pub fn decode(payload: &[u8]) -> std::result::Result<Option<Self>, sealkv_fsmwire::Error> {
+        let switch = match payload {
+            [Self::VERSION, Self::SUBTAG_STORAGE, ..] => EnvelopeSwitch::Storage,
+            [Self::VERSION, Self::SUBTAG_RAFT, ..] => EnvelopeSwitch::Raft,
+            _ => return Ok(None),
+        };
+        if payload.len() != 2 {
+            return Err(sealkv_fsmwire::Error::Malformed {
+                payload: "envelope switch",
+                reason: format!("{} trailing bytes", payload.len() - 2),
+            });
+        }
+        Ok(Some(switch))
+    }
+}
+
+impl std::fmt::Display for EnvelopeSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EnvelopeSwitch::Storage => "storage",
+            EnvelopeSwitch::Raft => "raft",
+        })
+    }
 }
 
 /// Why a key-installing entry was refused (see [`Applied::Rejected`]).
@@ -306,9 +389,22 @@ impl Applier {
     /// Applies the entry with `opcode` and `payload` (the entry data after the opcode
     /// byte) committed at Raft `index`.
     ///
+    /// A key-family entry (`0x04`, `0x05`) that is refused still moves the
+    /// sidecar's `raft_applied_index` to its index, so that the sidecar reflects
+    /// every key-family entry applied before it: the node's startup refuses a
+    /// sidecar that is behind such an entry in the Raft log.
+    ///
     /// # Errors
     /// Any [`ApplyError`]; the caller must halt and must not mark the entry applied.
     pub fn apply(&self, index: u64, opcode: u8, payload: &[u8]) -> Result<Applied> {
+        let applied = self.dispatch(index, opcode, payload)?;
+        if let (Applied::Rejected { .. }, Some(keyring)) = (&applied, &self.keyring) {
+            keyring.note_applied(index)?;
+        }
+        Ok(applied)
+    }
+
+    fn dispatch(&self, index: u64, opcode: u8, payload: &[u8]) -> Result<Applied> {
         let decode_err = |source| ApplyError::Decode { opcode, source };
         match opcode {
             OP_REGISTRATION => {
@@ -320,6 +416,9 @@ impl Applier {
                 self.apply_bootstrap(index, &boot)
             }
             OP_ROTATION => {
+                if let Some(kind) = EnvelopeSwitch::decode(payload).map_err(decode_err)? {
+                    return self.apply_envelope_switch(index, kind);
+                }
                 let rot = RotationPayload::decode(payload).map_err(decode_err)?;
                 self.apply_rotation(index, &rot)
             }
@@ -409,6 +508,43 @@ impl Applier {
         Ok(Applied::Bootstrapped {
             storage_key_id: boot.storage_dek_id,
             raft_key_id: boot.raft_dek_id,
+        })
+    }
+
+    /// Applies an envelope switch (see [`EnvelopeSwitch`]). Turning on an envelope
+    /// that is already on keeps it as it is (the Raft cutover does not move).
+    ///
+    /// # Errors
+    /// [`ApplyError::KekNotConfigured`] without a keyring (a node that cannot
+    /// encrypt must not apply past the switch); [`ApplyError::Keyring`] when the
+    /// sidecar cannot be written.
+    pub fn apply_envelope_switch(&self, index: u64, switch: EnvelopeSwitch) -> Result<Applied> {
+        let Some(keyring) = &self.keyring else {
+            return Err(ApplyError::KekNotConfigured {
+                opcode: OP_ROTATION,
+            });
+        };
+        if keyring.sidecar_applied_index() >= index && keyring.has_sidecar() {
+            return Ok(Applied::Replayed {
+                opcode: OP_ROTATION,
+            });
+        }
+        if !keyring.is_bootstrapped() {
+            return Ok(Applied::Rejected {
+                reason: Rejection::NotBootstrapped,
+            });
+        }
+        let mut storage = keyring.storage_envelope_active();
+        let mut cutover = keyring.raft_envelope_cutover_index();
+        match switch {
+            EnvelopeSwitch::Storage => storage = true,
+            EnvelopeSwitch::Raft if cutover == 0 => cutover = index,
+            EnvelopeSwitch::Raft => {}
+        }
+        keyring.set_envelopes(index, storage, cutover)?;
+        Ok(Applied::EnvelopeEnabled {
+            switch,
+            raft_cutover_index: cutover,
         })
     }
 

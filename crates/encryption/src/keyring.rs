@@ -28,7 +28,10 @@
 //!
 //! A key seals only once its (key, node, epoch) is registered through Raft: the
 //! applier calls [`Keyring::mark_registered`] after the registry row is durable.
-//! Until then sealing fails with [`KeyringError::NotRegistered`].
+//! Until then sealing uses the newest other key of the purpose that this node is
+//! registered for *in this process load* (after a rotation another node proposed),
+//! or fails with [`KeyringError::NotRegistered`]. A key whose epoch was not raised
+//! in this load (an inactive key after a restart) never seals again.
 //!
 //! # Startup
 //!
@@ -355,15 +358,20 @@ pub(crate) struct NewKey {
 struct NonceState {
     purpose: Purpose,
     local_epoch: u16,
+    /// The epoch is this process load's own: raised at open (an active key) or
+    /// given by an entry that installed the key in this load. Only such a key may
+    /// ever seal; an inactive key's epoch may have been used by an earlier load.
+    fresh: bool,
     counter: AtomicU64,
     registered: AtomicBool,
 }
 
 impl NonceState {
-    fn new(purpose: Purpose, local_epoch: u16) -> NonceState {
+    fn new(purpose: Purpose, local_epoch: u16, fresh: bool) -> NonceState {
         NonceState {
             purpose,
             local_epoch,
+            fresh,
             counter: AtomicU64::new(0),
             registered: AtomicBool::new(false),
         }
@@ -530,7 +538,8 @@ impl Keyring {
                             local_epoch: epoch,
                         });
                     }
-                    nonces.insert(key_id, NonceState::new(purpose, epoch));
+                    let fresh = active.contains(&key_id);
+                    nonces.insert(key_id, NonceState::new(purpose, epoch, fresh));
                 }
                 if !active.is_empty() {
                     doc.write(&sidecar_path)
@@ -771,7 +780,7 @@ impl Keyring {
         }
         let live = self.read();
         match live.nonces.get(&dek_id) {
-            Some(state) if state.local_epoch == epoch => {
+            Some(state) if state.local_epoch == epoch && state.fresh => {
                 state.registered.store(true, Ordering::Release);
                 true
             }
@@ -833,19 +842,34 @@ impl Keyring {
         self.open_envelope(envelope, AadMode::Raft)
     }
 
+    /// Seals under the active key of `purpose` when this node is registered for it
+    /// at this load's epoch; otherwise (a rotation this node did not propose, whose
+    /// registration is not applied yet) under the newest other key of the purpose
+    /// it is registered for in this load. Which key sealed is in the envelope, so
+    /// replicas need not agree on it.
     fn seal(&self, purpose: Purpose, plaintext: &[u8], mode: AadMode<'_>) -> Result<Vec<u8>> {
         let live = self.read();
-        let key_id = live
+        let active = live
             .active(purpose)
             .ok_or(KeyringError::NoActiveKey(purpose))?;
-        let state = live
-            .nonces
-            .get(&key_id)
-            .ok_or(KeyringError::NoActiveKey(purpose))?;
+        let usable = |s: &NonceState| s.fresh && s.registered.load(Ordering::Acquire);
+        let chosen = match live.nonces.get(&active) {
+            Some(state) if usable(state) => Some((active, state)),
+            _ => live
+                .nonces
+                .iter()
+                .rev()
+                .find(|(_, s)| s.purpose == purpose && usable(s))
+                .map(|(id, s)| (*id, s)),
+        };
+        let Some((key_id, state)) = chosen else {
+            let epoch = live.nonces.get(&active).map_or(0, |s| s.local_epoch);
+            return Err(KeyringError::NotRegistered {
+                key_id: active,
+                epoch,
+            });
+        };
         let epoch = state.local_epoch;
-        if !state.registered.load(Ordering::Acquire) {
-            return Err(KeyringError::NotRegistered { key_id, epoch });
-        }
         let counter = state
             .next_counter()
             .ok_or(KeyringError::NonceExhausted { key_id, epoch })?;
@@ -919,7 +943,10 @@ impl Keyring {
                     key_id: key.key_id,
                     source,
                 })?;
-            states.push((key.key_id, NonceState::new(key.purpose, key.local_epoch)));
+            states.push((
+                key.key_id,
+                NonceState::new(key.purpose, key.local_epoch, true),
+            ));
         }
         self.write_sidecar(&doc)?;
 
@@ -965,6 +992,28 @@ impl Keyring {
         };
         doc.storage_envelope_active = storage;
         doc.raft_envelope_cutover_index = raft_cutover;
+        doc.raft_applied_index = index;
+        self.write_sidecar(&doc)?;
+        self.live
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sidecar = Some(doc);
+        Ok(())
+    }
+
+    /// Records that the key-family entry at `index` was applied without changing
+    /// keys (it was refused): writes the sidecar durably with
+    /// `raft_applied_index = index`, creating a sidecar without keys when there is
+    /// none. An `index` the sidecar already reflects changes nothing.
+    ///
+    /// # Errors
+    /// [`KeyringError::WriteSidecar`].
+    pub fn note_applied(&self, index: u64) -> Result<()> {
+        let _writer = self.lock_writer();
+        let mut doc = self.read().doc();
+        if doc.raft_applied_index >= index && self.has_sidecar() {
+            return Ok(());
+        }
         doc.raft_applied_index = index;
         self.write_sidecar(&doc)?;
         self.live

@@ -29,9 +29,11 @@ fn set_entry(key: usize, value_len: usize) -> Vec<u8> {
 
 fn apply(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = RocksStore::open(dir.path().join("db"), RocksStoreOptions::default()).expect("open");
+    let store =
+        RocksStore::open(dir.path().join("db"), RocksStoreOptions::default()).expect("open");
     let mut fsm = KvFsm::new(Arc::new(store)).expect("fsm");
-    let mut next_index = 1u64;
+    // The next Raft index; the setup and the routine both read it.
+    let next_index = std::cell::Cell::new(1u64);
     let mut group = c.benchmark_group("apply");
     for batch in [1usize, 64] {
         group.throughput(Throughput::Elements(batch as u64));
@@ -39,19 +41,16 @@ fn apply(c: &mut Criterion) {
             b.iter_batched(
                 || {
                     (0..batch)
-                        .map(|i| set_entry((next_index as usize + i) % 100_000, 256))
+                        .map(|i| set_entry((next_index.get() as usize + i) % 100_000, 256))
                         .collect::<Vec<_>>()
                 },
                 |datas| {
                     let entries: Vec<Entry<'_>> = datas
                         .iter()
                         .map(|data| {
-                            let entry = Entry {
-                                index: next_index,
-                                data,
-                            };
-                            next_index += 1;
-                            entry
+                            let index = next_index.get();
+                            next_index.set(index + 1);
+                            Entry { index, data }
                         })
                         .collect();
                     fsm.apply(&entries).expect("apply");

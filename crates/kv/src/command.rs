@@ -9,6 +9,17 @@
 //! +--------+---------+---------------------------------------------+
 //! ```
 //!
+//! After the Raft envelope cutover the proposer carries the version and body in a
+//! raft envelope (DESIGN.md §6), marked by [`WRAPPED`] in place of the version:
+//!
+//! ```text
+//! 0        1         2
+//! +--------+---------+---------------------------------------------+
+//! | opcode | 80      | raft envelope of ( version ‖ bincode body )  |
+//! | 00/01  | WRAPPED |   01 ‖ flag ‖ key id ‖ nonce ‖ ct ‖ tag     |
+//! +--------+---------+---------------------------------------------+
+//! ```
+//!
 //! A `0x00` entry carries exactly one command, a `0x01` entry one or more. Every
 //! time-dependent decision (expiry) is made by the proposer and carried in the entry
 //! as absolute milliseconds, so every replica applies the same result.
@@ -27,6 +38,9 @@ pub const OP_KV_BATCH: u8 = 0x01;
 pub const OP_RESERVED_HLC: u8 = 0x02;
 /// The only command encoding version this crate understands.
 pub const COMMAND_VERSION: u8 = 1;
+/// In place of the version byte: the rest of the payload is a raft envelope whose
+/// plaintext is the version byte and the body.
+pub const WRAPPED: u8 = 0x80;
 
 /// When a put applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -113,6 +127,17 @@ pub enum CommandError {
     Encode(String),
 }
 
+/// A KV request that could not be encoded in a raft envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum WrapError {
+    /// The request itself does not encode.
+    #[error(transparent)]
+    Encode(#[from] CommandError),
+    /// The keyring cannot seal.
+    #[error("seal kv request in a raft envelope")]
+    Seal(#[source] sealkv_encryption::keyring::KeyringError),
+}
+
 impl KvRequest {
     /// Encodes a full Raft entry: opcode ([`OP_KV`] for one command, else
     /// [`OP_KV_BATCH`]), version, body.
@@ -137,6 +162,28 @@ impl KvRequest {
         out.push(opcode);
         out.push(COMMAND_VERSION);
         out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Encodes a full Raft entry as [`to_entry`](Self::to_entry) does, with the
+    /// version and body sealed in a raft envelope under `keyring`'s active raft key.
+    ///
+    /// # Errors
+    /// [`WrapError::Encode`] as for `to_entry`; [`WrapError::Seal`] when the keyring
+    /// cannot seal (no active raft key, not registered, counter exhausted).
+    pub fn to_wrapped_entry(
+        &self,
+        keyring: &sealkv_encryption::keyring::Keyring,
+    ) -> Result<Vec<u8>, WrapError> {
+        let clear = self.to_entry()?;
+        let Some((&opcode, payload)) = clear.split_first() else {
+            return Err(WrapError::Encode(CommandError::Truncated(0)));
+        };
+        let sealed = keyring.seal_raft(payload).map_err(WrapError::Seal)?;
+        let mut out = Vec::with_capacity(2 + sealed.len());
+        out.push(opcode);
+        out.push(WRAPPED);
+        out.extend_from_slice(&sealed);
         Ok(out)
     }
 

@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sealkv_encryption::applier::{Applied, Applier, ApplyError};
+use sealkv_encryption::keyring::{Keyring, KeyringError};
 use sealkv_fsmwire::is_encryption_opcode;
-use sealkv_store::mvcc::{EncryptionState, StoredValue};
+use sealkv_store::mvcc::{EncryptionState, StoredValue, Version, logical_key};
 use sealkv_store::{KvStore, StoreError, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, CommandError, KvRequest, OP_KV, OP_KV_BATCH, PutCondition};
+use crate::command::{Command, CommandError, KvRequest, OP_KV, OP_KV_BATCH, PutCondition, WRAPPED};
 
 /// A committed Raft entry, as the state machine sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +75,21 @@ pub enum HaltCause {
     /// The store failed to read or to commit.
     #[error("storage")]
     Storage(#[from] StoreError),
+    /// A stored value the entry needs (INCR, EXPIRE) could not be read: it is
+    /// encrypted and does not open on this replica.
+    #[error("read stored value")]
+    Read(#[from] ReadError),
+    /// A KV entry in a raft envelope does not open: it was altered, or sealed under
+    /// a key this node does not hold, or this node has no keyring.
+    #[error("open raft envelope of kv entry")]
+    Unwrap(#[source] KeyringError),
+    /// A KV entry arrived in a raft envelope and this node has no keyring.
+    #[error("kv entry in a raft envelope and no keyring on this node")]
+    WrappedWithoutKeyring,
+    /// A value could not be sealed under the storage key (no active key, the
+    /// node's epoch is not registered, the nonce counter is exhausted).
+    #[error("seal value")]
+    Seal(#[source] KeyringError),
     /// An entry arrived out of order.
     #[error("entry index {got} does not follow applied index {applied}")]
     OutOfOrder {
@@ -127,9 +143,36 @@ pub enum ReadError {
     /// The store failed.
     #[error("read value")]
     Storage(#[from] StoreError),
-    /// The value is encrypted and this node has no storage key loaded.
+    /// The value is encrypted and this node has no keyring (encryption is not
+    /// enabled on it).
     #[error("value of key {} is encrypted and no storage key is loaded", String::from_utf8_lossy(.0))]
     Encrypted(Vec<u8>),
+    /// The value is encrypted and does not open: it was altered, moved to another
+    /// key or version, or sealed under a key this node does not hold. Never
+    /// answered with empty or wrong bytes.
+    #[error(
+        "integrity check failed for the value of key {}",
+        String::from_utf8_lossy(key)
+    )]
+    Integrity {
+        /// The user key.
+        key: Vec<u8>,
+        /// Why it does not open; [`KeyringError::reason`] classifies it.
+        #[source]
+        source: KeyringError,
+    },
+}
+
+impl ReadError {
+    /// For a decrypt failure, its reason (`integrity`, `unknown_key_id`, ...), for
+    /// metrics; `None` otherwise.
+    pub fn decrypt_failure_reason(&self) -> Option<&'static str> {
+        match self {
+            ReadError::Encrypted(_) => Some("no_keyring"),
+            ReadError::Integrity { source, .. } => Some(source.reason().unwrap_or("other")),
+            ReadError::Storage(_) => None,
+        }
+    }
 }
 
 /// The state machine: applies committed entries to a [`KvStore`].
@@ -147,6 +190,7 @@ pub enum ReadError {
 /// index are committed in one atomic, synced store batch.
 pub struct KvFsm {
     store: Arc<dyn KvStore>,
+    reader: Reader,
     encryption: Option<Applier>,
     applied: u64,
     halt: Option<Halt>,
@@ -183,7 +227,10 @@ impl Pending {
 const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 const ERR_OVERFLOW: &str = "ERR increment or decrement would overflow";
 const ERR_RESERVED: &str = "ERR key is in the reserved keyspace !encryption|";
-const ERR_ENCRYPTED: &str = "ERR value is encrypted and no storage key is loaded";
+/// The reply to every command of a cleartext KV entry after the raft envelope
+/// cutover (it was proposed before the proposer applied the cutover).
+pub const ERR_NOT_WRAPPED: &str =
+    "TRYAGAIN proposal was not in a raft envelope after the cutover; retry";
 
 impl KvFsm {
     /// A state machine over `store`, resuming after the store's applied index.
@@ -193,6 +240,7 @@ impl KvFsm {
     pub fn new(store: Arc<dyn KvStore>) -> Result<KvFsm, StoreError> {
         let applied = store.applied_index()?;
         Ok(KvFsm {
+            reader: Reader::new(Arc::clone(&store)),
             store,
             encryption: None,
             applied,
@@ -201,8 +249,13 @@ impl KvFsm {
     }
 
     /// Installs the encryption applier: opcodes `0x03..=0x07` go to it instead of
-    /// halting.
+    /// halting. When it carries a [`Keyring`], values are sealed in storage
+    /// envelopes from the entry that turned the storage envelope on, and encrypted
+    /// values are opened on read.
     pub fn with_encryption(mut self, applier: Applier) -> KvFsm {
+        if let Some(keyring) = applier.keyring() {
+            self.reader = Reader::new(Arc::clone(&self.store)).with_keyring(Arc::clone(keyring));
+        }
         self.encryption = Some(applier);
         self
     }
@@ -342,7 +395,20 @@ impl KvFsm {
         };
         match opcode {
             OP_KV | OP_KV_BATCH => {
-                let request = KvRequest::decode(opcode, payload)?;
+                let keyring = self.reader.keyring.as_ref();
+                let (request, wrapped) = match payload.split_first() {
+                    Some((&WRAPPED, envelope)) => {
+                        let keyring = keyring.ok_or(HaltCause::WrappedWithoutKeyring)?;
+                        let clear = keyring.open_raft(envelope).map_err(HaltCause::Unwrap)?;
+                        (KvRequest::decode(opcode, &clear)?, true)
+                    }
+                    _ => (KvRequest::decode(opcode, payload)?, false),
+                };
+                let cutover = keyring.map_or(0, |k| k.raft_envelope_cutover_index());
+                if !wrapped && cutover != 0 && entry.index > cutover {
+                    let refusal = Reply::Error(ERR_NOT_WRAPPED.to_string());
+                    return Ok(Outcome::Kv(vec![refusal; request.commands.len()]));
+                }
                 let mut replies = Vec::with_capacity(request.commands.len());
                 for command in &request.commands {
                     replies.push(self.execute(
@@ -382,22 +448,46 @@ impl KvFsm {
         key: &[u8],
         now_ms: u64,
         pending: &Pending,
-    ) -> Result<Option<StoredValue>, StoreError> {
+    ) -> Result<Option<StoredValue>, HaltCause> {
         let value = match pending.overlay.get(key) {
             Some(v) => Some(v.clone()),
-            None => self.store.get_at(key, u64::MAX)?.map(|v| v.value),
+            None => match self.store.get_at(key, u64::MAX)? {
+                Some(version) if version.value.is_live_at(now_ms) => {
+                    Some(self.reader.open(key, version)?)
+                }
+                _ => None,
+            },
         };
-        Ok(value.filter(|v| !v.header.tombstone && !v.header.is_expired_at(now_ms)))
+        Ok(value.filter(|v| v.is_live_at(now_ms)))
     }
 
+    /// Writes `value` (cleartext) as `key`'s version `version`: sealed in a storage
+    /// envelope once the storage envelope is on, and kept in cleartext in the
+    /// pending overlay so later commands of the same call read it.
     fn write(
         &self,
         key: &[u8],
         version: u64,
         value: StoredValue,
         pending: &mut Pending,
-    ) -> Result<(), StoreError> {
-        pending.batch.put(key, version, value.clone())?;
+    ) -> Result<(), HaltCause> {
+        let keyring = self
+            .reader
+            .keyring
+            .as_ref()
+            .filter(|k| k.storage_envelope_active());
+        let stored = match keyring {
+            Some(keyring) if !value.header.tombstone => {
+                let mut header = value.header;
+                header.encryption = EncryptionState::Encrypted;
+                let body = keyring
+                    .seal_storage(&value.body, &header.encode(), &logical_key(key, version))
+                    .map_err(HaltCause::Seal)?;
+                StoredValue { header, body }
+            }
+            _ => value.clone(),
+        };
+        pending.batch.put(key, version, stored)?;
         pending.overlay.insert(key.to_vec(), value);
         Ok(())
     }
@@ -461,9 +551,6 @@ impl KvFsm {
                 let current = self.live(key, now_ms, pending)?;
                 let (base, expire_at_ms) = match &current {
                     None => (0i64, 0),
-                    Some(v) if v.header.encryption == EncryptionState::Encrypted => {
-                        return Ok(Reply::Error(ERR_ENCRYPTED.to_string()));
-                    }
                     Some(v) => match parse_int(&v.body) {
                         Some(n) => (n, v.header.expire_at_ms),
                         None => return Ok(Reply::Error(ERR_NOT_INTEGER.to_string())),
@@ -494,16 +581,15 @@ impl KvFsm {
     /// Reads the live value of `key` at `now_ms` from the committed store.
     ///
     /// # Errors
-    /// [`ReadError::Encrypted`] for an encrypted value (no storage key is loaded by
-    /// this version), [`ReadError::Storage`] when the store fails.
+    /// As [`Reader::get`].
     pub fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>, ReadError> {
-        Ok(self.reader().get(key, now_ms)?.map(|v| v.value))
+        Ok(self.reader.get(key, now_ms)?.map(|v| v.value))
     }
 
-    /// A reader of the committed store, usable from other threads while the state
-    /// machine applies.
+    /// A reader of the committed store (with the keyring, when there is one),
+    /// usable from other threads while the state machine applies.
     pub fn reader(&self) -> Reader {
-        Reader::new(Arc::clone(&self.store))
+        self.reader.clone()
     }
 }
 
@@ -522,42 +608,81 @@ pub struct LiveValue {
 #[derive(Clone)]
 pub struct Reader {
     store: Arc<dyn KvStore>,
+    keyring: Option<Arc<Keyring>>,
 }
 
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
             .field("store", &self.store.kind())
+            .field("keyring", &self.keyring.is_some())
             .finish()
     }
 }
 
 impl Reader {
-    /// A reader over `store`.
+    /// A reader over `store`, without a keyring: an encrypted value is a
+    /// [`ReadError::Encrypted`].
     pub fn new(store: Arc<dyn KvStore>) -> Reader {
-        Reader { store }
+        Reader {
+            store,
+            keyring: None,
+        }
+    }
+
+    /// The same reader, opening encrypted values with `keyring`.
+    pub fn with_keyring(mut self, keyring: Arc<Keyring>) -> Reader {
+        self.keyring = Some(keyring);
+        self
     }
 
     /// The live value of `key` at `now_ms`: `None` when absent, deleted or expired.
     ///
     /// # Errors
-    /// [`ReadError::Encrypted`] for an encrypted value (no storage key is loaded by
-    /// this version), [`ReadError::Storage`] when the store fails.
+    /// [`ReadError::Integrity`] when an encrypted value does not open,
+    /// [`ReadError::Encrypted`] when it is encrypted and there is no keyring,
+    /// [`ReadError::Storage`] when the store fails.
     pub fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<LiveValue>, ReadError> {
         let Some(version) = self.store.get_at(key, u64::MAX)? else {
             return Ok(None);
         };
-        let header = version.value.header;
-        if header.tombstone || header.is_expired_at(now_ms) {
+        if !version.value.is_live_at(now_ms) {
             return Ok(None);
         }
-        match header.encryption {
-            EncryptionState::Clear => Ok(Some(LiveValue {
-                value: version.value.body,
-                expire_at_ms: header.expire_at_ms,
-            })),
-            EncryptionState::Encrypted => Err(ReadError::Encrypted(key.to_vec())),
+        let value = self.open(key, version)?;
+        Ok(Some(LiveValue {
+            expire_at_ms: value.header.expire_at_ms,
+            value: value.body,
+        }))
+    }
+
+    /// `key`'s stored `version` in cleartext: an encrypted body is opened with the
+    /// AAD of its header and storage key (DESIGN.md §6), and the header marked clear.
+    fn open(&self, key: &[u8], version: Version) -> Result<StoredValue, ReadError> {
+        let Version {
+            commit_version,
+            value,
+        } = version;
+        if value.header.encryption == EncryptionState::Clear || value.header.tombstone {
+            return Ok(value);
         }
+        let keyring = self
+            .keyring
+            .as_ref()
+            .ok_or_else(|| ReadError::Encrypted(key.to_vec()))?;
+        let body = keyring
+            .open_storage(
+                &value.body,
+                &value.header.encode(),
+                &logical_key(key, commit_version),
+            )
+            .map_err(|source| ReadError::Integrity {
+                key: key.to_vec(),
+                source,
+            })?;
+        let mut header = value.header;
+        header.encryption = EncryptionState::Clear;
+        Ok(StoredValue { header, body })
     }
 
     /// How many keys have a live value at `now_ms` (Redis `DBSIZE`). It scans every
@@ -568,8 +693,7 @@ impl Reader {
     pub fn count_live(&self, now_ms: u64) -> Result<u64, ReadError> {
         let mut count = 0u64;
         self.store.scan_latest(&mut |_, version| {
-            let header = version.value.header;
-            if !header.tombstone && !header.is_expired_at(now_ms) {
+            if version.value.is_live_at(now_ms) {
                 count += 1;
             }
             true

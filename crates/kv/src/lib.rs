@@ -35,9 +35,9 @@ mod fsm;
 
 pub use command::{
     COMMAND_VERSION, Command, CommandError, KvRequest, OP_KV, OP_KV_BATCH, OP_RESERVED_HLC,
-    PutCondition,
+    PutCondition, WRAPPED, WrapError,
 };
 pub use fsm::{
-    Entry, EntryOutcome, Halt, HaltCause, Halted, KvFsm, LiveValue, Outcome, ReadError, Reader,
-    Reply,
+    ERR_NOT_WRAPPED, Entry, EntryOutcome, Halt, HaltCause, Halted, KvFsm, LiveValue, Outcome,
+    ReadError, Reader, Reply,
 };

@@ -9,6 +9,16 @@
 //! | POST   | `/v1/cluster/nodes`          | add a voter or learner: `{"id":4,"raft_addr":"h:p","learner":false}` |
 //! | DELETE | `/v1/cluster/nodes/{id}`     | remove a node |
 //! | POST   | `/v1/raft/compact`           | compact the Raft log up to the applied index now |
+//! | GET    | `/v1/encryption/status`      | JSON [`EncryptionStatus`] (no key bytes) |
+//! | POST   | `/v1/encryption/bootstrap`   | propose the DEK bootstrap, registering every member |
+//! | POST   | `/v1/encryption/rotate-dek`  | `{"purpose":"storage"}` or `"raft"`: propose a new active key |
+//! | POST   | `/v1/encryption/register-writer` | propose this node's pending registrations |
+//! | POST   | `/v1/encryption/enable-envelope` | `{"envelope":"storage"}` or `"raft"` |
+//!
+//! The mutating encryption routes answer 412 Precondition Failed unless the node
+//! runs with encryption enabled and a KEK loaded; a refusal by the applier (keys
+//! already bootstrapped, say) is 409 with its reason. They are proposed through Raft
+//! like writes, so a follower's proposal is forwarded to the leader.
 //!
 //! Membership changes go through Raft: on a follower, raft-rs forwards the proposal to
 //! the leader, and the answer comes once this node has applied the change. Errors are
@@ -25,7 +35,12 @@ use axum::{Json, Router};
 use raft::prelude::ConfChangeType;
 use serde::{Deserialize, Serialize};
 
+use sealkv_encryption::applier::{Applied, EnvelopeSwitch};
+use sealkv_fsmwire::Purpose;
+use sealkv_kv::Outcome;
+
 use crate::consensus::{ProposeError, RaftHandle, RaftStatus, single_change};
+use crate::encryption::{Control, ControlError};
 use crate::metrics::Metrics;
 
 /// Where the node listens, for status.
@@ -73,6 +88,65 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Where the node listens.
     pub addresses: Addresses,
+    /// The encryption control plane, when encryption is enabled with a KEK.
+    pub encryption: Option<Control>,
+}
+
+/// One key of [`EncryptionStatus`].
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    /// The key id.
+    pub key_id: u32,
+    /// `storage` or `raft`.
+    pub purpose: &'static str,
+    /// Whether it is its purpose's active key.
+    pub active: bool,
+    /// This node's local epoch under it.
+    pub local_epoch: u16,
+    /// Whether this node is registered at that epoch (the key seals).
+    pub registered: bool,
+    /// Envelopes this process load sealed under it.
+    pub encryptions: u64,
+}
+
+/// One writer-registry row of [`EncryptionStatus`].
+#[derive(Debug, Clone, Serialize)]
+pub struct WriterRow {
+    /// The DEK.
+    pub dek_id: u32,
+    /// The low 16 bits of the node id.
+    pub node_id16: u16,
+    /// The node's full id.
+    pub full_node_id: u64,
+    /// First local epoch registered.
+    pub first_seen_local_epoch: u16,
+    /// Last local epoch registered.
+    pub last_seen_local_epoch: u16,
+}
+
+/// The JSON of `GET /v1/encryption/status`. Never carries key bytes or the KEK.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct EncryptionStatus {
+    /// Whether encryption is enabled on this node.
+    pub enabled: bool,
+    /// Where the KEK comes from (`file`, `env`), never its contents.
+    pub kek_source: Option<&'static str>,
+    /// Whether keys are active.
+    pub bootstrapped: bool,
+    /// The active storage key id.
+    pub active_storage_key: Option<u32>,
+    /// The active raft key id.
+    pub active_raft_key: Option<u32>,
+    /// Every loaded key.
+    pub keys: Vec<KeyInfo>,
+    /// The Raft index the key sidecar reflects.
+    pub sidecar_applied_index: u64,
+    /// Whether user values are sealed in storage envelopes.
+    pub storage_envelope: bool,
+    /// The Raft index after which KV entries are wrapped (0: not on).
+    pub raft_envelope_cutover_index: u64,
+    /// The writer registry.
+    pub registry: Vec<WriterRow>,
 }
 
 /// The admin routes.
@@ -84,6 +158,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/cluster/nodes", post(add_node))
         .route("/v1/cluster/nodes/{id}", delete(remove_node))
         .route("/v1/raft/compact", post(compact))
+        .route("/v1/encryption/status", get(encryption_status))
+        .route("/v1/encryption/bootstrap", post(encryption_bootstrap))
+        .route("/v1/encryption/rotate-dek", post(encryption_rotate))
+        .route("/v1/encryption/register-writer", post(encryption_register))
+        .route("/v1/encryption/enable-envelope", post(encryption_enable))
         .with_state(state)
 }
 
@@ -127,6 +206,9 @@ async fn status(State(state): State<AdminState>) -> Json<Status> {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
+    if let Some(control) = &state.encryption {
+        state.metrics.observe_keys(&control.keyring.status());
+    }
     (
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -177,4 +259,161 @@ async fn compact(State(state): State<AdminState>) -> Response {
         Ok(first_index) => Json(serde_json::json!({ "first_index": first_index })).into_response(),
         Err(e) => propose_error(&e),
     }
+}
+
+/// The encryption state of a node; `enabled: false` and nothing else without it.
+///
+/// # Errors
+/// When the writer registry cannot be read.
+pub fn encryption_state(control: Option<&Control>) -> Result<EncryptionStatus, String> {
+    let Some(control) = control else {
+        return Ok(EncryptionStatus::default());
+    };
+    let status = control.keyring.status();
+    let registry = control
+        .registry
+        .list_writers()
+        .map_err(|e| format!("read the writer registry: {}", crate::error_chain(&e)))?;
+    Ok(EncryptionStatus {
+        enabled: true,
+        kek_source: Some(control.kek.kind()),
+        bootstrapped: status.bootstrapped,
+        active_storage_key: status.active_storage,
+        active_raft_key: status.active_raft,
+        keys: status
+            .keys
+            .iter()
+            .map(|k| KeyInfo {
+                key_id: k.key_id,
+                purpose: k.purpose.as_str(),
+                active: k.active,
+                local_epoch: k.local_epoch,
+                registered: k.registered,
+                encryptions: k.encryptions,
+            })
+            .collect(),
+        sidecar_applied_index: status.sidecar_applied_index,
+        storage_envelope: status.storage_envelope_active,
+        raft_envelope_cutover_index: status.raft_envelope_cutover_index,
+        registry: registry
+            .into_iter()
+            .map(|(key, row)| WriterRow {
+                dek_id: key.dek_id,
+                node_id16: key.node_id16,
+                full_node_id: row.full_node_id,
+                first_seen_local_epoch: row.first_seen_local_epoch,
+                last_seen_local_epoch: row.last_seen_local_epoch,
+            })
+            .collect(),
+    })
+}
+
+async fn encryption_status(State(state): State<AdminState>) -> Response {
+    match encryption_state(state.encryption.as_ref()) {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// Body of `POST /v1/encryption/rotate-dek`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateDek {
+    /// `storage` or `raft`.
+    pub purpose: String,
+}
+
+/// Body of `POST /v1/encryption/enable-envelope`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnableEnvelope {
+    /// `storage` or `raft`.
+    pub envelope: String,
+}
+
+/// A refused admin request: the status and the message of its JSON error body.
+#[derive(Debug)]
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+fn control(state: &AdminState) -> Result<&Control, Refusal> {
+    state.encryption.as_ref().ok_or_else(|| {
+        Refusal(
+            StatusCode::PRECONDITION_FAILED,
+            ControlError::NotEnabled.to_string(),
+        )
+    })
+}
+
+fn control_error(e: &ControlError) -> Response {
+    match e {
+        ControlError::Propose(p) => propose_error(p),
+        ControlError::NotEnabled => error(StatusCode::PRECONDITION_FAILED, e.to_string()),
+        ControlError::Key(_) | ControlError::Encode(_) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, crate::error_chain(e))
+        }
+    }
+}
+
+/// The answer to an encryption proposal: 200 with what it did, 409 when the
+/// applier refused it, or the proposal's error.
+fn applied(result: Result<Outcome, ControlError>) -> Response {
+    match result {
+        Ok(Outcome::Encryption(Applied::Rejected { reason })) => {
+            error(StatusCode::CONFLICT, format!("refused: {reason}"))
+        }
+        Ok(Outcome::Encryption(done)) => {
+            Json(serde_json::json!({ "applied": format!("{done:?}") })).into_response()
+        }
+        Ok(other) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected outcome {other:?}"),
+        ),
+        Err(e) => control_error(&e),
+    }
+}
+
+fn purpose(text: &str) -> Result<Purpose, Refusal> {
+    match text {
+        "storage" => Ok(Purpose::Storage),
+        "raft" => Ok(Purpose::Raft),
+        other => Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("{other:?} is neither storage nor raft"),
+        )),
+    }
+}
+
+async fn encryption_bootstrap(State(state): State<AdminState>) -> Result<Response, Refusal> {
+    Ok(applied(control(&state)?.bootstrap().await))
+}
+
+async fn encryption_rotate(
+    State(state): State<AdminState>,
+    Json(body): Json<RotateDek>,
+) -> Result<Response, Refusal> {
+    let control = control(&state)?;
+    Ok(applied(control.rotate(purpose(&body.purpose)?).await))
+}
+
+async fn encryption_register(State(state): State<AdminState>) -> Result<Response, Refusal> {
+    Ok(match control(&state)?.register(&mut Vec::new()).await {
+        Ok(n) => Json(serde_json::json!({ "registered": n })).into_response(),
+        Err(e) => control_error(&e),
+    })
+}
+
+async fn encryption_enable(
+    State(state): State<AdminState>,
+    Json(body): Json<EnableEnvelope>,
+) -> Result<Response, Refusal> {
+    let control = control(&state)?;
+    let switch = match purpose(&body.envelope)? {
+        Purpose::Storage => EnvelopeSwitch::Storage,
+        Purpose::Raft => EnvelopeSwitch::Raft,
+    };
+    Ok(applied(control.enable(switch).await))
 }

@@ -53,6 +53,18 @@ pub fn get_json(admin_addr: &str, path: &str) -> anyhow::Result<Value> {
     )
 }
 
+/// POSTs `body` (JSON) to `path`; `what` names the operation in errors.
+///
+/// # Errors
+/// When the endpoint cannot be reached or answers with an error.
+pub fn post_json(admin_addr: &str, path: &str, what: &str, body: &Value) -> anyhow::Result<Value> {
+    answer(
+        admin_addr,
+        what,
+        agent().post(url(admin_addr, path)).send_json(body),
+    )
+}
+
 /// Adds a voter or learner.
 ///
 /// # Errors
@@ -92,6 +104,49 @@ pub fn remove_node(admin_addr: &str, id: u64) -> anyhow::Result<String> {
 
 fn membership(json: &Value) -> String {
     format!("voters {} learners {}", json["voters"], json["learners"])
+}
+
+/// A few lines summarizing `GET /v1/encryption/status`.
+pub fn summarize_encryption(status: &Value) -> String {
+    if status["enabled"] != Value::Bool(true) {
+        return "encryption disabled on this node".to_string();
+    }
+    let mut out = format!(
+        "encryption enabled (KEK from {}), bootstrapped {}, storage envelope {}, raft envelope cutover {}, sidecar index {}\nactive keys: storage {} raft {}",
+        status["kek_source"].as_str().unwrap_or("?"),
+        status["bootstrapped"],
+        status["storage_envelope"],
+        status["raft_envelope_cutover_index"],
+        status["sidecar_applied_index"],
+        status["active_storage_key"],
+        status["active_raft_key"],
+    );
+    for key in status["keys"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\nkey {} {}{} epoch {} registered {} encryptions {}",
+            key["key_id"],
+            key["purpose"].as_str().unwrap_or("?"),
+            if key["active"] == Value::Bool(true) {
+                " (active)"
+            } else {
+                ""
+            },
+            key["local_epoch"],
+            key["registered"],
+            key["encryptions"],
+        ));
+    }
+    for row in status["registry"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\nwriter dek {} node {} (node16 {}) epochs {}..{}",
+            row["dek_id"],
+            row["full_node_id"],
+            row["node_id16"],
+            row["first_seen_local_epoch"],
+            row["last_seen_local_epoch"],
+        ));
+    }
+    out
 }
 
 /// A one-line summary of `GET /status`.

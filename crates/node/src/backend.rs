@@ -7,10 +7,12 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sealkv_kv::{KvRequest, Outcome, ReadError, Reader, Reply};
+use sealkv_encryption::keyring::Keyring;
+use sealkv_kv::{ERR_NOT_WRAPPED, KvRequest, Outcome, ReadError, Reader, Reply};
 
 use crate::consensus::transport::Transport;
 use crate::consensus::{ProposeError, RaftHandle, Role};
+use crate::metrics::Metrics;
 use crate::resp::{ApiError, Backend, InfoSnapshot, RaftRole, ReadConsistency, ValueRead};
 
 /// The node's data API.
@@ -19,17 +21,64 @@ pub struct NodeBackend {
     raft: RaftHandle,
     reader: Reader,
     transport: Arc<Transport>,
+    keyring: Option<Arc<Keyring>>,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeBackend {
     /// A backend over the driver and a reader of the same store; the transport tells
-    /// where the leader serves Redis clients.
-    pub fn new(raft: RaftHandle, reader: Reader, transport: Arc<Transport>) -> NodeBackend {
+    /// where the leader serves Redis clients. With a keyring (encryption enabled),
+    /// writes wait for the storage envelope and are wrapped in raft envelopes after
+    /// the cutover.
+    pub fn new(
+        raft: RaftHandle,
+        reader: Reader,
+        transport: Arc<Transport>,
+        keyring: Option<Arc<Keyring>>,
+        metrics: Arc<Metrics>,
+    ) -> NodeBackend {
         NodeBackend {
             raft,
             reader,
             transport,
+            keyring,
+            metrics,
         }
+    }
+
+    /// Maps a read failure to its reply, counting decrypt failures by reason.
+    fn read_error(&self, e: ReadError) -> ApiError {
+        if let Some(reason) = e.decrypt_failure_reason() {
+            self.metrics
+                .decrypt_failures
+                .with_label_values(&[reason])
+                .inc();
+        }
+        read_error(e)
+    }
+
+    /// The Raft entry for `request`: refused while encryption is enabled and the
+    /// storage envelope is not on yet (no user value is ever stored in cleartext on
+    /// an encrypted node), wrapped in a raft envelope once this node applied the
+    /// cutover.
+    fn encode(&self, request: &KvRequest) -> Result<Vec<u8>, ApiError> {
+        let internal = |e: &dyn std::error::Error| {
+            ApiError::Internal(format!("encode request: {}", crate::error_chain(e)))
+        };
+        let Some(keyring) = &self.keyring else {
+            return request.to_entry().map_err(|e| internal(&e));
+        };
+        if !keyring.storage_envelope_active() {
+            return Err(ApiError::NotReady(
+                "encryption is enabled and the storage envelope is not on yet (a new cluster \
+                 turns it on by itself; an existing one needs `sealkv encryption bootstrap`)"
+                    .to_string(),
+            ));
+        }
+        if keyring.raft_envelope_cutover_index() == 0 {
+            return request.to_entry().map_err(|e| internal(&e));
+        }
+        request.to_wrapped_entry(keyring).map_err(|e| internal(&e))
     }
 
     async fn barrier(&self, consistency: ReadConsistency) -> Result<(), ApiError> {
@@ -63,20 +112,34 @@ fn api_error(e: ProposeError) -> ApiError {
 
 fn read_error(e: ReadError) -> ApiError {
     match e {
-        ReadError::Encrypted(_) => ApiError::Integrity(e.to_string()),
+        ReadError::Encrypted(_) | ReadError::Integrity { .. } => {
+            ApiError::Integrity(crate::error_chain(&e))
+        }
         ReadError::Storage(s) => ApiError::Internal(format!("read value: {s}")),
     }
 }
 
 impl Backend for NodeBackend {
     async fn write(&self, request: KvRequest) -> Result<Vec<Reply>, ApiError> {
-        let data = request
-            .to_entry()
-            .map_err(|e| ApiError::Internal(format!("encode request: {e}")))?;
-        match self.raft.propose(data).await.map_err(api_error)? {
-            Outcome::Kv(replies) => Ok(replies),
-            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        // An entry proposed just before this node applied the raft envelope cutover
+        // is refused by every replica with ERR_NOT_WRAPPED; it is retried once,
+        // wrapped.
+        for attempt in 0..2 {
+            let data = self.encode(&request)?;
+            let replies = match self.raft.propose(data).await.map_err(api_error)? {
+                Outcome::Kv(replies) => replies,
+                other => return Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+            };
+            let refused = replies
+                .iter()
+                .all(|r| matches!(r, Reply::Error(e) if e == ERR_NOT_WRAPPED));
+            if !(refused && attempt == 0) {
+                return Ok(replies);
+            }
         }
+        Err(ApiError::NotReady(
+            "the raft envelope cutover is being applied; retry".to_string(),
+        ))
     }
 
     async fn read(
@@ -98,19 +161,20 @@ impl Backend for NodeBackend {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(read_error)
         })
         .await
         .map_err(|e| ApiError::Internal(format!("read task: {e}")))?
+        .map_err(|e| self.read_error(e))
     }
 
     async fn dbsize(&self, consistency: ReadConsistency) -> Result<u64, ApiError> {
         self.barrier(consistency).await?;
         let reader = self.reader.clone();
         let now = now_ms();
-        tokio::task::spawn_blocking(move || reader.count_live(now).map_err(read_error))
+        tokio::task::spawn_blocking(move || reader.count_live(now))
             .await
             .map_err(|e| ApiError::Internal(format!("dbsize task: {e}")))?
+            .map_err(|e| self.read_error(e))
     }
 
     async fn info(&self) -> InfoSnapshot {

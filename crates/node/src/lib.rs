@@ -9,11 +9,14 @@
 //!   [`resp::Backend`] seam; [`backend`] implements it over Raft.
 //! * [`admin`]: the admin HTTP endpoint; [`admin_client`] is the CLI's client of it.
 //! * [`metrics`]: the Prometheus metrics.
+//! * [`encryption`]: encryption configuration, the startup guards, and the control
+//!   plane's proposals (bootstrap, rotation, registration, envelope switches).
 
 pub mod admin;
 pub mod admin_client;
 pub mod backend;
 pub mod consensus;
+pub mod encryption;
 pub mod metrics;
 pub mod resp;
 pub mod startup;

@@ -1,23 +1,30 @@
 //! The `sealkv` binary: the operator's entry point to a sealkv node.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use sealkv_encryption::kek::{
+    EnvKekProvider, FileKekProvider, KEK_ENV_VAR, KekError, KekProvider, generate_kek_file,
+};
 use sealkv_node::consensus::PeerBook;
+use sealkv_node::encryption::EncryptionConfig;
 use sealkv_node::startup::{self, Config, RaftTuning};
 use sealkv_node::{admin_client, startup::Opened};
+use zeroize::Zeroizing;
 
 /// sealkv: a Raft-replicated key-value store spoken to with the Redis protocol.
 ///
 /// `sealkv start` runs a node: it replicates through Raft (tikv raft-rs) with its
 /// log in RocksDB, serves Redis clients, and exposes status, metrics and membership
 /// operations over HTTP. With no flags it runs a single-node cluster in
-/// ./sealkv-data with Redis on 127.0.0.1:6379. Encryption of stored values is not part
-/// of this build yet: values are stored in cleartext.
+/// ./sealkv-data with Redis on 127.0.0.1:6379. With --encryption-enabled and a KEK
+/// (--kek-file, or SEALKV_KEK_BASE64) every stored value and Raft payload is
+/// encrypted; `sealkv kek generate PATH` makes a KEK.
 #[derive(Debug, Parser)]
 #[command(name = "sealkv", version, about, long_about)]
 struct Cli {
@@ -47,6 +54,92 @@ enum Cmd {
     /// Change the cluster's membership through any node's admin endpoint.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Manage the key-encryption key (KEK).
+    #[command(subcommand)]
+    Kek(KekCmd),
+    /// Show and operate a node's encryption through its admin endpoint.
+    ///
+    /// The mutating verbs are refused (412 Precondition Failed) unless the node runs
+    /// with --encryption-enabled and a KEK.
+    #[command(subcommand)]
+    Encryption(EncryptionCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum KekCmd {
+    /// Write a new random 32-byte KEK to PATH with mode 0600; refuses to overwrite.
+    ///
+    /// Keep the file outside every data directory and back it up: a lost KEK means
+    /// the encrypted data is lost.
+    Generate {
+        /// Where to write the key.
+        path: PathBuf,
+    },
+}
+
+/// A key purpose or envelope.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Purpose {
+    /// User values at rest.
+    Storage,
+    /// Raft proposals.
+    Raft,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Storage => "storage",
+            Purpose::Raft => "raft",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum EncryptionCmd {
+    /// Show whether encryption is on, the KEK source (never the key), active and
+    /// loaded key ids, local epochs, the sidecar index, envelopes and the writer
+    /// registry.
+    Status {
+        /// The node's admin address.
+        #[arg(long, env = "SEALKV_ADMIN_ADDR", default_value = "127.0.0.1:8379")]
+        admin_addr: String,
+        /// Print the JSON document instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bootstrap the DEKs of a cluster (a new encrypted cluster does this by
+    /// itself); every member is registered. The envelopes follow automatically.
+    Bootstrap {
+        /// Admin address of any node of the cluster.
+        #[arg(long, env = "SEALKV_ADMIN_ADDR", default_value = "127.0.0.1:8379")]
+        admin_addr: String,
+    },
+    /// Make a new DEK the active key of a purpose; older keys stay readable.
+    RotateDek {
+        /// Which key to rotate.
+        #[arg(long, value_enum)]
+        purpose: Purpose,
+        /// Admin address of any node of the cluster.
+        #[arg(long, env = "SEALKV_ADMIN_ADDR", default_value = "127.0.0.1:8379")]
+        admin_addr: String,
+    },
+    /// Propose the node's pending writer registrations now (it also does so by
+    /// itself).
+    RegisterWriter {
+        /// The node's admin address.
+        #[arg(long, env = "SEALKV_ADMIN_ADDR", default_value = "127.0.0.1:8379")]
+        admin_addr: String,
+    },
+    /// Turn an envelope on: storage (values at rest) or raft (proposals). One-way.
+    EnableEnvelope {
+        /// Which envelope.
+        #[arg(long, value_enum)]
+        envelope: Purpose,
+        /// Admin address of any node of the cluster.
+        #[arg(long, env = "SEALKV_ADMIN_ADDR", default_value = "127.0.0.1:8379")]
+        admin_addr: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,9 +217,31 @@ struct StartArgs {
     /// How long a client waits for a write or a linearizable read, in milliseconds.
     #[arg(long, env = "SEALKV_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
     request_timeout_ms: u64,
+    /// Encrypt every stored value and Raft payload. Needs a KEK (--kek-file, or the
+    /// base64 key in SEALKV_KEK_BASE64, which is removed from the environment once
+    /// read). A new cluster bootstraps its keys by itself; writes wait until the
+    /// storage envelope is on.
+    #[arg(long, env = "SEALKV_ENCRYPTION_ENABLED")]
+    encryption_enabled: bool,
+    /// The KEK: a regular file of 32 raw bytes with owner-only permissions, outside
+    /// the data dir (`sealkv kek generate PATH` writes one).
+    #[arg(long, env = "SEALKV_KEK_FILE")]
+    kek_file: Option<PathBuf>,
+}
+
+/// Reads the KEK from `SEALKV_KEK_BASE64` and removes the variable from the process
+/// environment, so children and later readers of the environment never see it.
+#[allow(unsafe_code)]
+fn take_env_kek() -> Option<Result<EnvKekProvider, KekError>> {
+    let text = Zeroizing::new(std::env::var(KEK_ENV_VAR).ok()?);
+    // SAFETY: called first thing in `main`, before any thread is spawned (no
+    // runtime, no logger thread yet), so nothing reads the environment concurrently.
+    unsafe { std::env::remove_var(KEK_ENV_VAR) };
+    Some(EnvKekProvider::from_base64(&text))
 }
 
 fn main() -> ExitCode {
+    let env_kek = take_env_kek();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -136,9 +251,11 @@ fn main() -> ExitCode {
         )
         .init();
     let result = match cli.command {
-        Cmd::Start(args) => start(&args),
+        Cmd::Start(args) => start(&args, env_kek),
         Cmd::Status { admin_addr, json } => status(&admin_addr, json),
         Cmd::Cluster(cmd) => cluster(cmd),
+        Cmd::Kek(KekCmd::Generate { path }) => kek_generate(&path),
+        Cmd::Encryption(cmd) => encryption(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,8 +267,111 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(args: &StartArgs) -> anyhow::Result<()> {
+/// The KEK source of `sealkv start`: `--kek-file` or `SEALKV_KEK_BASE64`, not both,
+/// and never a file inside the data dir.
+fn kek_provider(
+    args: &StartArgs,
+    env_kek: Option<Result<EnvKekProvider, KekError>>,
+) -> anyhow::Result<Option<Arc<dyn KekProvider>>> {
+    match (&args.kek_file, env_kek) {
+        (Some(_), Some(_)) => {
+            bail!("both --kek-file and {KEK_ENV_VAR} are set: give the KEK one way only")
+        }
+        (Some(path), None) => {
+            refuse_kek_in_data_dir(path, &args.data_dir)?;
+            Ok(Some(Arc::new(FileKekProvider::new(path))))
+        }
+        (None, Some(env)) => {
+            let provider = env.with_context(|| format!("read the KEK from {KEK_ENV_VAR}"))?;
+            Ok(Some(Arc::new(provider)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// The KEK must never live in the data dir: a copy of the data dir would carry the
+/// key that opens it.
+fn refuse_kek_in_data_dir(kek: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    let (Ok(kek), Ok(data)) = (kek.canonicalize(), data_dir.canonicalize()) else {
+        // A missing file is reported when the key is loaded; a missing data dir
+        // cannot contain it.
+        return Ok(());
+    };
+    if kek.starts_with(&data) {
+        bail!(
+            "--kek-file {} is inside --data-dir {}: keep the KEK outside the data dir",
+            kek.display(),
+            data.display()
+        );
+    }
+    Ok(())
+}
+
+fn kek_generate(path: &Path) -> anyhow::Result<()> {
+    generate_kek_file(path).with_context(|| format!("generate a KEK at {}", path.display()))?;
+    writeln!(
+        std::io::stdout().lock(),
+        "wrote a new 32-byte KEK to {} (mode 0600); keep it outside every data dir and back it up: without it the encrypted data cannot be read",
+        path.display()
+    )?;
+    Ok(())
+}
+
+fn encryption(cmd: EncryptionCmd) -> anyhow::Result<()> {
+    use serde_json::json;
+    let (admin, path, what, body) = match cmd {
+        EncryptionCmd::Status { admin_addr, json } => {
+            let status = admin_client::get_json(&admin_addr, "/v1/encryption/status")?;
+            let text = if json {
+                serde_json::to_string_pretty(&status)?
+            } else {
+                admin_client::summarize_encryption(&status)
+            };
+            writeln!(std::io::stdout().lock(), "{text}")?;
+            return Ok(());
+        }
+        EncryptionCmd::Bootstrap { admin_addr } => {
+            (admin_addr, "bootstrap", "bootstrap encryption", json!({}))
+        }
+        EncryptionCmd::RotateDek {
+            purpose,
+            admin_addr,
+        } => (
+            admin_addr,
+            "rotate-dek",
+            "rotate the DEK",
+            json!({ "purpose": purpose.as_str() }),
+        ),
+        EncryptionCmd::RegisterWriter { admin_addr } => (
+            admin_addr,
+            "register-writer",
+            "register this writer",
+            json!({}),
+        ),
+        EncryptionCmd::EnableEnvelope {
+            envelope,
+            admin_addr,
+        } => (
+            admin_addr,
+            "enable-envelope",
+            "enable the envelope",
+            json!({ "envelope": envelope.as_str() }),
+        ),
+    };
+    let answer = admin_client::post_json(&admin, &format!("/v1/encryption/{path}"), what, &body)?;
+    writeln!(std::io::stdout().lock(), "{what}: {answer}")?;
+    Ok(())
+}
+
+fn start(
+    args: &StartArgs,
+    env_kek: Option<Result<EnvKekProvider, KekError>>,
+) -> anyhow::Result<()> {
     let peers = PeerBook::parse(&args.peers).context("parse --peers")?;
+    let encryption = EncryptionConfig {
+        enabled: args.encryption_enabled,
+        kek: kek_provider(args, env_kek)?,
+    };
     let config = Config {
         data_dir: args.data_dir.clone(),
         id: args.id,
@@ -168,6 +388,7 @@ fn start(args: &StartArgs) -> anyhow::Result<()> {
             compact_keep: args.compact_keep,
             request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
         },
+        encryption,
     };
     if config.id == 0 {
         anyhow::bail!("--id 0 is not a valid node id");

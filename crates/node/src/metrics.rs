@@ -1,11 +1,14 @@
 //! The node's Prometheus metrics: Raft state, proposals, apply latency, halts,
-//! snapshots and compactions. `GET /metrics` on the admin endpoint serves them in the
-//! Prometheus text format.
+//! snapshots and compactions, and encryption (decrypt failures by reason, envelopes
+//! sealed per key, active key ids, sidecar index). `GET /metrics` on the admin
+//! endpoint serves them in the Prometheus text format.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+use sealkv_encryption::keyring::KeyringStatus;
+use sealkv_fsmwire::Purpose;
 
 use crate::consensus::{RaftStatus, Role};
 
@@ -33,6 +36,11 @@ pub struct Metrics {
     first_index: IntGauge,
     last_index: IntGauge,
     leader_id: IntGauge,
+    /// Values or Raft payloads that failed to decrypt, by reason.
+    pub decrypt_failures: IntCounterVec,
+    encryptions: IntGaugeVec,
+    active_key: IntGaugeVec,
+    sidecar_index: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -73,7 +81,39 @@ impl Metrics {
             &["role"],
         )?;
         registry.register(Box::new(role.clone()))?;
+        let decrypt_failures = IntCounterVec::new(
+            Opts::new(
+                "sealkv_decrypt_failures_total",
+                "Stored values that failed to decrypt, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(decrypt_failures.clone()))?;
+        let encryptions = IntGaugeVec::new(
+            Opts::new(
+                "sealkv_encryptions",
+                "Envelopes sealed under a key in this process load (its nonce counter)",
+            ),
+            &["key_id"],
+        )?;
+        registry.register(Box::new(encryptions.clone()))?;
+        let active_key = IntGaugeVec::new(
+            Opts::new(
+                "sealkv_active_key_id",
+                "Active key id per purpose (0: none)",
+            ),
+            &["purpose"],
+        )?;
+        registry.register(Box::new(active_key.clone()))?;
         Ok(Metrics {
+            decrypt_failures,
+            encryptions,
+            active_key,
+            sidecar_index: gauge(
+                &registry,
+                "sealkv_sidecar_applied_index",
+                "Raft index the key sidecar reflects",
+            )?,
             proposals: counter(&registry, "sealkv_proposals_total", "Proposals received")?,
             proposals_failed: counter(
                 &registry,
@@ -140,6 +180,25 @@ impl Metrics {
         set(&self.last_index, status.last_index);
         set(&self.leader_id, status.leader_id.unwrap_or(0));
         self.halted.set(i64::from(status.halted.is_some()));
+    }
+
+    /// Records the keyring's state.
+    pub fn observe_keys(&self, status: &KeyringStatus) {
+        for key in &status.keys {
+            self.encryptions
+                .with_label_values(&[key.key_id.to_string().as_str()])
+                .set(i64::try_from(key.encryptions).unwrap_or(i64::MAX));
+        }
+        for (purpose, id) in [
+            (Purpose::Storage, status.active_storage),
+            (Purpose::Raft, status.active_raft),
+        ] {
+            self.active_key
+                .with_label_values(&[purpose.as_str()])
+                .set(i64::from(id.unwrap_or(0)));
+        }
+        self.sidecar_index
+            .set(i64::try_from(status.sidecar_applied_index).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition of every metric.

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use crate::admin::{self, Addresses, AdminState};
 use crate::backend::NodeBackend;
 use crate::consensus::{self, DriverConfig, PeerBook, RaftHandle, transport};
+use crate::encryption::{self, Control, EncryptionConfig, OpenedKeyring};
 use crate::metrics::Metrics;
 
 /// What the node is started with.
@@ -41,6 +42,8 @@ pub struct Config {
     pub join: bool,
     /// The Raft driver's timing and compaction.
     pub raft: RaftTuning,
+    /// Encryption: whether it is enabled, and the KEK.
+    pub encryption: EncryptionConfig,
 }
 
 /// Raft timing and log compaction.
@@ -65,6 +68,7 @@ pub struct Opened {
     _lock: File,
     store: Arc<RocksStore>,
     fsm: KvFsm,
+    keyring: Option<OpenedKeyring>,
 }
 
 /// Takes the data directory's lock file, so a second process is refused before it
@@ -113,8 +117,30 @@ impl Opened {
             .context("build writer-registry glue")?;
         tracing::info!(step = 2, "built writer-registry glue");
 
-        let applier = Applier::new(Arc::new(registry));
-        tracing::info!(step = 3, kek = "not configured", "built encryption applier");
+        let keyring =
+            encryption::open_keyring(&config.encryption, &config.data_dir, config.id, &registry)
+                .context("build encryption applier")?;
+        let applier = match &keyring {
+            Some(opened) => {
+                tracing::info!(
+                    step = 3,
+                    kek = config.encryption.kek.as_ref().map_or("none", |k| k.kind()),
+                    bootstrapped = opened.keyring.is_bootstrapped(),
+                    sidecar_index = opened.keyring.sidecar_applied_index(),
+                    local_epochs = ?opened.keyring.local_epochs(),
+                    "built encryption applier with keyring"
+                );
+                Applier::with_keyring(Arc::new(registry), Arc::clone(&opened.keyring))
+            }
+            None => {
+                tracing::info!(
+                    step = 3,
+                    encryption = "disabled",
+                    "built encryption applier"
+                );
+                Applier::new(Arc::new(registry))
+            }
+        };
 
         let fsm = KvFsm::new(as_kv)
             .context("build state machine")?
@@ -128,6 +154,7 @@ impl Opened {
             _lock: lock,
             store,
             fsm,
+            keyring,
         })
     }
 }
@@ -161,9 +188,18 @@ fn slog_logger() -> slog::Logger {
 /// # Errors
 /// The failing step, named.
 pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
-    let Opened { _lock, store, fsm } = opened;
+    let Opened {
+        _lock,
+        store,
+        fsm,
+        keyring,
+    } = opened;
     let raft_listener = bind("raft", &config.raft_addr).await?;
     let log = RaftLog::open(&store).context("open raft log")?;
+    if let Some(opened) = &keyring {
+        encryption::check_sidecar_against_log(&opened.keyring, &log, fsm.applied_index())
+            .context("open raft log")?;
+    }
     if consensus::recover_pending_snapshot(&config.data_dir, &store, &log)
         .context("finish installing a snapshot received before a crash")?
     {
@@ -252,6 +288,8 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
             raft.clone(),
             fsm_reader,
             Arc::clone(&transport),
+            keyring.as_ref().map(|k| Arc::clone(&k.keyring)),
+            Arc::clone(&metrics),
         ));
         let stop = until_stop(stopped.clone());
         tasks.push(tokio::spawn(async move {
@@ -260,11 +298,35 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
             }
         }));
     }
+    let control = match (&keyring, &config.encryption.kek) {
+        (Some(opened), Some(kek)) => {
+            let registry = RocksWriterRegistry::from_store(store.as_ref() as &dyn KvStore)
+                .context("build writer-registry glue for the admin endpoint")?;
+            let store = Arc::clone(&store);
+            Some(Control {
+                raft: raft.clone(),
+                keyring: Arc::clone(&opened.keyring),
+                kek: Arc::clone(kek),
+                registry: Arc::new(registry),
+                has_user_data: Arc::new(move || has_user_data(store.as_ref())),
+            })
+        }
+        _ => None,
+    };
+    if let (Some(control), Some(opened)) = (&control, keyring) {
+        let stop = until_stop(stopped.clone());
+        tasks.push(tokio::spawn(encryption::maintain(
+            control.clone(),
+            opened.to_register,
+            stop,
+        )));
+    }
     {
         let app = admin::router(AdminState {
             raft: raft.clone(),
             metrics,
             addresses: addresses.clone(),
+            encryption: control,
         });
         let stop = until_stop(stopped.clone());
         tasks.push(tokio::spawn(async move {
@@ -289,6 +351,17 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         addresses,
         _opened_lock: _lock,
     })
+}
+
+/// Whether the store holds any user key (live or not): the scan stops at the first.
+fn has_user_data(store: &dyn KvStore) -> bool {
+    let mut found = false;
+    let scanned = store.scan_latest(&mut |_, _| {
+        found = true;
+        false
+    });
+    // When the store cannot be read, act as if it held data: never bootstrap blind.
+    found || scanned.is_err()
 }
 
 impl Running {

@@ -126,7 +126,12 @@ impl StoredValue {
         }
     }
 
-    /// A tombstone.
+    /// Whether the value is live at `now_ms`: not a tombstone and not expired.
+    pub fn is_live_at(&self, now_ms: u64) -> bool {
+        !self.header.tombstone && !self.header.is_expired_at(now_ms)
+    }
+
+    /// A tombstone: the version deletes the key.
     pub fn tombstone() -> StoredValue {
         StoredValue {
             header: ValueHeader {

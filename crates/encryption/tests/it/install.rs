@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use sealkv_encryption::applier::{Applied, Applier, ApplyError, Rejection};
+use sealkv_encryption::applier::{Applied, Applier, ApplyError, EnvelopeSwitch, Rejection};
 use sealkv_encryption::durable::{DurableStep, durable_replace_stop_after};
 use sealkv_encryption::keyring::{Keyring, KeyringError, VALUE_HEADER_LEN};
 use sealkv_encryption::registry::{WriterKey, WriterRecord};
@@ -29,6 +29,24 @@ fn record(full_node_id: u64, first: u16, last: u16) -> WriterRecord {
         first_seen_local_epoch: first,
         last_seen_local_epoch: last,
     }
+}
+
+/// The sidecar on disk with its applied index cleared: a refusal moves only the
+/// index (see `Applier::apply`) and must leave the rest alone.
+fn keys_of(node: &Node) -> Option<sealkv_encryption::sidecar::Sidecar> {
+    sidecar_on_disk(node.path()).map(|mut doc| {
+        doc.raft_applied_index = 0;
+        doc
+    })
+}
+
+/// A refusal on a node that never had keys leaves a sidecar without keys at its
+/// index.
+fn assert_only_index_recorded(node: &Node, index: u64) {
+    let doc = sidecar_on_disk(node.path()).expect("sidecar");
+    assert_eq!(doc.raft_applied_index, index);
+    assert!(doc.keys.as_ref().is_none_or(|k| k.is_empty()), "{doc:?}");
+    assert_eq!((doc.active.storage, doc.active.raft), (0, 0));
 }
 
 fn rows(registry: &MemoryRegistry) -> Vec<(WriterKey, WriterRecord)> {
@@ -258,7 +276,7 @@ fn bootstrap_replay_at_the_same_index_changes_nothing() {
 fn second_bootstrap_is_rejected_and_changes_nothing() {
     let node = Node::fresh();
     standard_boot(&node, 10).expect("bootstrap");
-    let (sidecar, registry) = (sidecar_bytes(node.path()), rows(&node.registry));
+    let (sidecar, registry) = (keys_of(&node), rows(&node.registry));
     for (index, storage, raft) in [(11, 3, 4), (12, 1, 2), (13, 0, 5)] {
         assert_eq!(
             apply_boot(&node, index, storage, raft, vec![row(storage, OTHER, 9)]).expect("refusal"),
@@ -268,7 +286,8 @@ fn second_bootstrap_is_rejected_and_changes_nothing() {
             "index {index}"
         );
     }
-    assert_eq!(sidecar_bytes(node.path()), sidecar);
+    assert_eq!(keys_of(&node), sidecar);
+    assert_eq!(node.keyring.sidecar_applied_index(), 13);
     assert_eq!(rows(&node.registry), registry);
     assert_eq!(node.keyring.key_ids(), [1, 2]);
 }
@@ -299,7 +318,7 @@ fn malformed_bootstraps_are_rejected_before_anything_is_written() {
             Applied::Rejected { reason },
             "{storage}/{raft}"
         );
-        assert!(sidecar_bytes(node.path()).is_none());
+        assert_only_index_recorded(&node, 5);
         assert!(rows(&node.registry).is_empty());
         assert!(!node.keyring.is_bootstrapped());
     }
@@ -417,13 +436,13 @@ fn values_sealed_across_two_rotations_all_open() {
         }
     );
     assert_eq!(k.local_epochs(), [(1, 1), (2, 1), (3, 5), (4, 0)]);
-    assert!(matches!(
-        k.seal_storage(b"v3", &HEADER, b"c"),
-        Err(KeyringError::NotRegistered {
-            key_id: 4,
-            epoch: 0
-        })
-    ));
+    // Until its registration for key 4 applies, this node keeps sealing under the
+    // newest key it is registered for in this load (3); the envelope names it.
+    let before = k
+        .seal_storage(b"v2b", &HEADER, b"b2")
+        .expect("seal under key 3");
+    assert_eq!(before[2..6], 3u32.to_be_bytes());
+    sealed.push((before, b"v2b".to_vec(), 3));
     assert_eq!(k.pending_registrations(), [row(4, NODE, 0)]);
     for reg in k.pending_registrations() {
         node.applier.apply_registration(&reg).expect("register");
@@ -450,9 +469,11 @@ fn values_sealed_across_two_rotations_all_open() {
     );
 
     // Everything opens, in this load and the next.
+    assert_eq!(sealed.len(), 4);
     let node = node.restart();
     for k in [&k, &node.keyring] {
-        for ((envelope, plain, key_id), storage_key) in sealed.iter().zip([b"a", b"b", b"c"]) {
+        let storage_keys: [&[u8]; 4] = [b"a", b"b", b"b2", b"c"];
+        for ((envelope, plain, key_id), storage_key) in sealed.iter().zip(storage_keys) {
             assert_eq!(envelope.get(2..6), Some(&key_id.to_be_bytes()[..]));
             assert_eq!(
                 &k.open_storage(envelope, &HEADER, storage_key)
@@ -481,10 +502,10 @@ fn rotation_refusals_change_nothing() {
             reason: Rejection::NotBootstrapped
         }
     );
-    assert!(sidecar_bytes(node.path()).is_none());
+    assert_only_index_recorded(&node, 3);
 
     standard_boot(&node, 10).expect("bootstrap");
-    let (sidecar, registry) = (sidecar_bytes(node.path()), rows(&node.registry));
+    let (sidecar, registry) = (keys_of(&node), rows(&node.registry));
     let mut mismatch = rotation(7, Purpose::Raft, NODE, 1);
     mismatch.proposer_registration.dek_id = 8;
     let cases = [
@@ -516,7 +537,8 @@ fn rotation_refusals_change_nothing() {
             Applied::Rejected { reason },
         );
     }
-    assert_eq!(sidecar_bytes(node.path()), sidecar);
+    assert_eq!(keys_of(&node), sidecar);
+    assert_eq!(node.keyring.sidecar_applied_index(), 14);
     assert_eq!(rows(&node.registry), registry);
     assert_eq!(node.keyring.key_ids(), [1, 2]);
 
@@ -877,4 +899,107 @@ fn crash_mid_write_of_a_sidecar_opens_old_or_new_consistently() {
             "{step}"
         );
     }
+}
+
+#[test]
+fn envelope_switches_turn_envelopes_on_once_and_replay_as_no_ops() {
+    let node = Node::fresh();
+    let storage = EnvelopeSwitch::Storage.encode();
+    let raft = EnvelopeSwitch::Raft.encode();
+
+    // Before bootstrap there is nothing to seal with: refused, nothing written.
+    assert_eq!(
+        node.applier.apply(3, OP_ROTATION, &storage).expect("apply"),
+        Applied::Rejected {
+            reason: Rejection::NotBootstrapped
+        }
+    );
+    assert_only_index_recorded(&node, 3);
+
+    assert_eq!(standard_boot(&node, 5).expect("bootstrap"), bootstrapped());
+    assert!(!node.keyring.storage_envelope_active());
+    assert_eq!(
+        node.applier.apply(6, OP_ROTATION, &storage).expect("apply"),
+        Applied::EnvelopeEnabled {
+            switch: EnvelopeSwitch::Storage,
+            raft_cutover_index: 0
+        }
+    );
+    assert_eq!(
+        node.applier.apply(8, OP_ROTATION, &raft).expect("apply"),
+        Applied::EnvelopeEnabled {
+            switch: EnvelopeSwitch::Raft,
+            raft_cutover_index: 8
+        }
+    );
+    let doc = sidecar_on_disk(node.path()).expect("sidecar");
+    assert!(doc.storage_envelope_active);
+    assert_eq!(doc.raft_envelope_cutover_index, 8);
+    assert_eq!(doc.raft_applied_index, 8);
+
+    // A replay after a restart changes nothing; a second raft switch keeps the
+    // first cutover.
+    let node = node.restart();
+    assert_eq!(
+        node.applier.apply(8, OP_ROTATION, &raft).expect("replay"),
+        Applied::Replayed {
+            opcode: OP_ROTATION
+        }
+    );
+    assert_eq!(
+        node.applier.apply(9, OP_ROTATION, &raft).expect("apply"),
+        Applied::EnvelopeEnabled {
+            switch: EnvelopeSwitch::Raft,
+            raft_cutover_index: 8
+        }
+    );
+    assert_eq!(node.keyring.raft_envelope_cutover_index(), 8);
+}
+
+#[test]
+fn envelope_switch_payloads_decode_strictly() {
+    for (payload, switch) in [
+        (&[1u8, 2][..], Some(EnvelopeSwitch::Storage)),
+        (&[1, 3][..], Some(EnvelopeSwitch::Raft)),
+        (&[1, 1][..], None),
+        (&[2, 2][..], None),
+        (&[][..], None),
+    ] {
+        assert_eq!(EnvelopeSwitch::decode(payload).expect("decode"), switch);
+    }
+    let err = EnvelopeSwitch::decode(&[1, 2, 0]).expect_err("trailing byte");
+    assert_eq!(err.class(), "malformed");
+    // Without a keyring, a switch halts rather than letting this replica diverge.
+    let registry = Arc::new(MemoryRegistry::new());
+    let bare = Applier::new(registry);
+    assert!(matches!(
+        bare.apply(4, OP_ROTATION, &EnvelopeSwitch::Storage.encode()),
+        Err(ApplyError::KekNotConfigured { .. })
+    ));
+}
+
+#[test]
+fn an_inactive_keys_old_epoch_never_seals_after_a_restart() {
+    // Storage key 1 is rotated out by key 3; after a restart only key 3's epoch is
+    // raised, so a replayed registration of key 1 at its old epoch must not let key
+    // 1 seal again: that epoch belongs to the earlier process load.
+    let node = Node::fresh();
+    standard_boot(&node, 5).expect("bootstrap");
+    apply_rot(&node, 6, rotation(3, Purpose::Storage, NODE, 1)).expect("rotate");
+    let node = node.restart();
+    assert_eq!(node.keyring.local_epochs(), [(1, 1), (2, 2), (3, 2)]);
+    assert!(!node.keyring.mark_registered(1, NODE, 1));
+    assert!(matches!(
+        node.keyring.seal_storage(b"v", &HEADER, b"k"),
+        Err(KeyringError::NotRegistered {
+            key_id: 3,
+            epoch: 2
+        })
+    ));
+    node.register();
+    let sealed = node
+        .keyring
+        .seal_storage(b"v", &HEADER, b"k")
+        .expect("seal");
+    assert_eq!(sealed[2..6], 3u32.to_be_bytes());
 }

@@ -3,4 +3,5 @@
 
 mod commands;
 mod dispatch;
+mod encrypted;
 mod support;

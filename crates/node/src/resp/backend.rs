@@ -55,6 +55,10 @@ pub enum ApiError {
     /// applied.
     #[error("request timed out")]
     Timeout,
+    /// The node cannot take writes yet and will shortly (encryption is being
+    /// switched on); the client should retry.
+    #[error("not ready: {0}")]
+    NotReady(String),
     /// Stored data failed an integrity check (a failed decrypt, a corrupt value).
     #[error("integrity check failed: {0}")]
     Integrity(String),
@@ -73,6 +77,7 @@ impl ApiError {
     /// | `NoLeader` | `TRYAGAIN no leader: an election is in progress` |
     /// | `Halted` | `HALTED the state machine is halted: CAUSE` |
     /// | `Timeout` | `TIMEOUT the request timed out; a write may or may not have been applied` |
+    /// | `NotReady` | `TRYAGAIN DETAIL` |
     /// | `Integrity` | `INTEGRITY stored data failed an integrity check: DETAIL` |
     /// | `Internal` | `ERR internal error: DETAIL` |
     ///
@@ -92,6 +97,7 @@ impl ApiError {
                 "TIMEOUT the request timed out; a write may or may not have been applied"
                     .to_string()
             }
+            ApiError::NotReady(detail) => format!("TRYAGAIN {detail}"),
             ApiError::Integrity(detail) => {
                 format!("INTEGRITY stored data failed an integrity check: {detail}")
             }

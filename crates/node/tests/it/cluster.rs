@@ -108,7 +108,7 @@ fn three_nodes_replicate_and_survive_the_leader() {
         || {
             let info: String = redis::cmd("INFO")
                 .arg("replication")
-                .query(&mut c.node(third).redis())
+                .query(&mut c.node(third).try_redis()?)
                 .ok()?;
             info.contains(&format!("master_port:{leader_port}"))
                 .then_some(info)

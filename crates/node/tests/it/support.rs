@@ -174,6 +174,16 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// A Redis connection to the node, or `None` when it does not answer in time.
+    pub fn try_redis(&self) -> Option<redis::Connection> {
+        let client = redis::Client::open(format!("redis://{}/", self.redis)).ok()?;
+        let conn = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+        Some(conn)
+    }
+
     /// A Redis connection to the node.
     pub fn redis(&self) -> redis::Connection {
         let client = redis::Client::open(format!("redis://{}/", self.redis)).expect("redis url");

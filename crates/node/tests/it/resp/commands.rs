@@ -327,6 +327,15 @@ fn info_reports_server_and_replication() {
 fn command_client_and_hello() {
     let server = Server::start();
     let mut con = server.redis();
+    // redis-benchmark probes CONFIG GET: it answers, with no parameters.
+    assert_eq!(
+        ok(&mut con, &["CONFIG", "GET", "save"]),
+        Value::Array(Vec::new())
+    );
+    assert!(
+        err(&mut con, &["CONFIG", "SET", "save", ""]).contains("command-line flags"),
+        "CONFIG SET"
+    );
     let Value::Int(count) = ok(&mut con, &["COMMAND", "COUNT"]) else {
         panic!("COMMAND COUNT is not an integer");
     };

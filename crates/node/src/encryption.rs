@@ -1,0 +1,561 @@
+//! Encryption in the node: its configuration, the startup guards of DESIGN.md §8,
+//! the entries of the encryption control plane, and the task that bootstraps a
+//! fresh encrypted cluster and registers this node's epochs.
+//!
+//! # Startup
+//!
+//! [`open_keyring`] runs after the store and the registry glue are open, before the
+//! applier is built; [`check_sidecar_against_log`] runs once the Raft log is open,
+//! before the driver starts. Each refusal is its own [`GuardError`] variant whose
+//! message names the flag or file to fix.
+//!
+//! # Registration at startup
+//!
+//! [`sealkv_encryption::keyring::Keyring::open`] raised the epoch of every active key
+//! and made the sidecar durable; [`open_keyring`] then checked that each new epoch is
+//! above the writer registry's record for this node. The node may then seal under
+//! those epochs at once (the entries it replays need it) and proposes their
+//! registration through Raft as soon as a leader is known; `NONCE-SAFETY.md` gives
+//! the argument.
+//!
+//! # The encryption task
+//!
+//! [`maintain`] runs beside the listeners. Every half second it proposes what is
+//! missing, in order: this node's pending registrations; on the leader of a cluster
+//! with encryption enabled that holds no user data yet, the bootstrap (two fresh
+//! DEKs wrapped under the KEK, a registration row for every voter and learner),
+//! then the storage and the Raft envelope switches. Writes are refused until the
+//! storage envelope is on, so a fresh encrypted cluster never stores a user value
+//! in cleartext.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft::{GetEntriesContext, Storage as _};
+use sealkv_encryption::WriterRegistryStore;
+use sealkv_encryption::applier::EnvelopeSwitch;
+use sealkv_encryption::durable::DurableError;
+use sealkv_encryption::envelope::Dek;
+use sealkv_encryption::kek::{KekProvider, wrap_dek};
+use sealkv_encryption::keyring::{Keyring, KeyringError};
+use sealkv_encryption::sidecar::sidecar_path;
+use sealkv_fsmwire::{
+    BootstrapPayload, OP_BOOTSTRAP, OP_REGISTRATION, OP_ROTATION, Purpose, RegistrationPayload,
+    RotationPayload, RotationSubtag,
+};
+use sealkv_store::RaftLog;
+
+use crate::consensus::{ProposeError, RaftHandle, Role};
+
+/// How a node is configured for encryption.
+#[derive(Clone, Default)]
+pub struct EncryptionConfig {
+    /// `--encryption-enabled`.
+    pub enabled: bool,
+    /// Where the KEK comes from (`--kek-file`, or `SEALKV_KEK_BASE64`).
+    pub kek: Option<Arc<dyn KekProvider>>,
+}
+
+impl std::fmt::Debug for EncryptionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptionConfig")
+            .field("enabled", &self.enabled)
+            .field("kek", &self.kek.as_ref().map(|k| k.kind()))
+            .finish()
+    }
+}
+
+/// A startup refusal (DESIGN.md §8). Each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    /// The sidecar exists, so this node has encrypted data, but encryption is not
+    /// enabled: running would silently downgrade to cleartext.
+    #[error(
+        "{} exists but encryption is not enabled: start with --encryption-enabled and the \
+         KEK (--kek-file or SEALKV_KEK_BASE64); sealkv does not run an encrypted node in cleartext",
+        path.display()
+    )]
+    SidecarWithoutEncryption {
+        /// The sidecar.
+        path: PathBuf,
+    },
+    /// Encryption is enabled and no KEK is configured.
+    #[error(
+        "encryption is enabled but no KEK is configured: pass --kek-file PATH or set SEALKV_KEK_BASE64"
+    )]
+    NoKek,
+    /// The KEK cannot be loaded.
+    #[error("load the KEK from the {kind} provider (--kek-file or SEALKV_KEK_BASE64)")]
+    KekUnavailable {
+        /// The provider kind.
+        kind: &'static str,
+        /// Why.
+        #[source]
+        source: KeyringError,
+    },
+    /// The KEK does not unwrap a key of the sidecar.
+    #[error(
+        "the KEK ({kind}) does not unwrap key {key_id} of {}: pass the KEK this cluster was \
+         bootstrapped with (--kek-file or SEALKV_KEK_BASE64)",
+        path.display()
+    )]
+    KekDoesNotUnwrap {
+        /// The provider kind.
+        kind: &'static str,
+        /// The key.
+        key_id: u32,
+        /// The sidecar.
+        path: PathBuf,
+    },
+    /// An active key's local epoch reached 0xFFFF: another process load would reuse
+    /// nonces.
+    #[error(
+        "the local epoch of active key {key_id} in {} is exhausted (0xffff): rotate the key \
+         from another node (sealkv encryption rotate-dek), then start this one",
+        path.display()
+    )]
+    EpochExhausted {
+        /// The key.
+        key_id: u32,
+        /// The sidecar.
+        path: PathBuf,
+    },
+    /// The sidecar's directory cannot be fsynced, so a sidecar write is not durable.
+    #[error(
+        "the sidecar directory {} cannot be fsynced: put --data-dir on a filesystem that \
+         supports directory fsync",
+        dir.display()
+    )]
+    SidecarDirNotDurable {
+        /// The directory.
+        dir: PathBuf,
+        /// The failed step.
+        #[source]
+        source: DurableError,
+    },
+    /// The Raft log applied a key-family entry the sidecar does not reflect: the
+    /// sidecar was restored from an older copy or lost.
+    #[error(
+        "{} is at raft index {sidecar_index} but the state machine applied an encryption \
+         entry (opcode {opcode:#04x}) at index {entry_index}: the sidecar is older than the \
+         data; restore the sidecar that goes with this data dir, or rebuild the node from \
+         the cluster",
+        path.display()
+    )]
+    SidecarBehindLog {
+        /// The sidecar.
+        path: PathBuf,
+        /// Its applied index.
+        sidecar_index: u64,
+        /// The entry it misses.
+        entry_index: u64,
+        /// That entry's opcode.
+        opcode: u8,
+    },
+    /// The node's epoch is not above the writer registry's record: its sidecar went
+    /// backwards (a restore), and sealing would repeat nonces.
+    #[error(
+        "local epoch {epoch} of key {key_id} is not above the writer registry's record \
+         ({registered}) for this node: {} was restored from an older copy; rebuild this \
+         node's data dir from the cluster",
+        path.display()
+    )]
+    EpochNotAboveRegistry {
+        /// The key.
+        key_id: u32,
+        /// The epoch this load would use.
+        epoch: u16,
+        /// The registry's last-seen epoch.
+        registered: u16,
+        /// The sidecar.
+        path: PathBuf,
+    },
+    /// Another node owns this node's low 16 id bits under a key.
+    #[error(
+        "node id {node_id:#x} shares its low 16 bits with node {registered:#x}, registered \
+         under key {key_id}: give this node an id with different low 16 bits (--id)"
+    )]
+    NodeIdCollision {
+        /// This node.
+        node_id: u64,
+        /// The registered owner.
+        registered: u64,
+        /// The key.
+        key_id: u32,
+    },
+    /// Any other keyring failure (an unreadable sidecar, a failed write).
+    #[error("open the key sidecar")]
+    Keyring(#[source] KeyringError),
+    /// The Raft log could not be read for the sidecar check.
+    #[error("read the raft log to check the sidecar")]
+    RaftLog(#[source] raft::Error),
+}
+
+/// The keyring of an encrypted node, and the registrations it must propose.
+#[derive(Debug)]
+pub struct OpenedKeyring {
+    /// The keyring.
+    pub keyring: Arc<Keyring>,
+    /// (key, this node, epoch) for every active key: proposed once a leader is known.
+    pub to_register: Vec<RegistrationPayload>,
+}
+
+/// Runs the startup guards that need only the store: without encryption, refuses a
+/// sidecar; with it, opens the keyring (raising and fsyncing its epochs) and checks
+/// the new epochs against the writer registry.
+///
+/// # Errors
+/// The [`GuardError`] of the check that failed.
+pub fn open_keyring(
+    config: &EncryptionConfig,
+    data_dir: &Path,
+    node_id: u64,
+    registry: &dyn WriterRegistryStore,
+) -> Result<Option<OpenedKeyring>, GuardError> {
+    let path = sidecar_path(data_dir);
+    if !config.enabled {
+        if path.exists() {
+            return Err(GuardError::SidecarWithoutEncryption { path });
+        }
+        return Ok(None);
+    }
+    let kek = config.kek.clone().ok_or(GuardError::NoKek)?;
+    let kind = kek.kind();
+    let keyring = Keyring::open(data_dir, node_id, kek).map_err(|e| match e {
+        KeyringError::KekDoesNotUnwrap { key_id, .. } => GuardError::KekDoesNotUnwrap {
+            kind,
+            key_id,
+            path: path.clone(),
+        },
+        KeyringError::EpochExhausted { key_id } => GuardError::EpochExhausted {
+            key_id,
+            path: path.clone(),
+        },
+        KeyringError::SidecarDirNotDurable { dir, source } => {
+            GuardError::SidecarDirNotDurable { dir, source }
+        }
+        e @ KeyringError::KekUnavailable { .. } => GuardError::KekUnavailable { kind, source: e },
+        other => GuardError::Keyring(other),
+    })?;
+    for warning in keyring.epoch_warnings() {
+        tracing::warn!(
+            key_id = warning.key_id,
+            local_epoch = warning.local_epoch,
+            "the local epoch of an active key is close to 0xffff, where this node will refuse \
+             to start: rotate the key (sealkv encryption rotate-dek)"
+        );
+    }
+    let to_register = keyring.check_registry(registry).map_err(|e| match e {
+        KeyringError::EpochNotAboveRegistry {
+            key_id,
+            epoch,
+            registered,
+        } => GuardError::EpochNotAboveRegistry {
+            key_id,
+            epoch,
+            registered,
+            path: path.clone(),
+        },
+        KeyringError::NodeIdCollision {
+            key_id,
+            registered_full_node_id,
+            ..
+        } => GuardError::NodeIdCollision {
+            node_id,
+            registered: registered_full_node_id,
+            key_id,
+        },
+        other => GuardError::Keyring(other),
+    })?;
+    // The epochs are this load's own and above the registry's record: seal under
+    // them now (see the module docs and NONCE-SAFETY.md).
+    for reg in &to_register {
+        keyring.mark_registered(reg.dek_id, reg.full_node_id, reg.local_epoch);
+    }
+    Ok(Some(OpenedKeyring {
+        keyring: Arc::new(keyring),
+        to_register,
+    }))
+}
+
+/// Refuses a sidecar that is behind a key-family entry (`0x04`, `0x05`) the state
+/// machine applied: scans the entries still in the log after the sidecar's applied
+/// index up to `applied_index`.
+///
+/// # Errors
+/// [`GuardError::SidecarBehindLog`], or [`GuardError::RaftLog`] when the log cannot
+/// be read.
+pub fn check_sidecar_against_log(
+    keyring: &Keyring,
+    log: &RaftLog,
+    applied_index: u64,
+) -> Result<(), GuardError> {
+    let sidecar_index = keyring.sidecar_applied_index();
+    let low = (sidecar_index + 1).max(log.first_index());
+    let high = applied_index.min(log.last_index());
+    if low > high {
+        return Ok(());
+    }
+    let entries = log
+        .entries(low, high + 1, None, GetEntriesContext::empty(false))
+        .map_err(GuardError::RaftLog)?;
+    for entry in entries {
+        if let Some(&opcode) = entry.get_data().first()
+            && (opcode == OP_BOOTSTRAP || opcode == OP_ROTATION)
+        {
+            return Err(GuardError::SidecarBehindLog {
+                path: keyring.sidecar_path().to_path_buf(),
+                sidecar_index,
+                entry_index: entry.index,
+                opcode,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Why an encryption operation could not be proposed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Encryption is not enabled on this node, or no KEK is loaded.
+    #[error(
+        "precondition failed: encryption is not enabled on this node or no KEK is loaded \
+         (start it with --encryption-enabled and --kek-file)"
+    )]
+    NotEnabled,
+    /// A key could not be generated or wrapped.
+    #[error("generate or wrap a key")]
+    Key(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A payload could not be encoded.
+    #[error("encode the entry")]
+    Encode(#[source] sealkv_fsmwire::Error),
+    /// Raft refused or lost the proposal.
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+}
+
+fn entry(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + payload.len());
+    out.push(opcode);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A fresh DEK wrapped under the KEK.
+fn new_wrapped_dek(kek: &dyn KekProvider) -> Result<Vec<u8>, ControlError> {
+    let dek = Dek::generate().map_err(|e| ControlError::Key(Box::new(e)))?;
+    let kek = kek.load().map_err(|e| ControlError::Key(Box::new(e)))?;
+    let wrapped = wrap_dek(&kek, dek.as_bytes()).map_err(|e| ControlError::Key(Box::new(e)))?;
+    Ok(wrapped.to_vec())
+}
+
+/// The `0x03` entry registering (key, node, epoch).
+pub fn registration_entry(reg: &RegistrationPayload) -> Vec<u8> {
+    entry(OP_REGISTRATION, &reg.encode())
+}
+
+/// A `0x04` bootstrap entry: storage key 1 and raft key 2, fresh and wrapped under
+/// the KEK, and a registration at epoch 1 of both keys for every member.
+///
+/// # Errors
+/// [`ControlError::Key`] or [`ControlError::Encode`].
+pub fn bootstrap_entry(kek: &dyn KekProvider, members: &[u64]) -> Result<Vec<u8>, ControlError> {
+    const STORAGE_KEY: u32 = 1;
+    const RAFT_KEY: u32 = 2;
+    let batch_registry = [STORAGE_KEY, RAFT_KEY]
+        .into_iter()
+        .flat_map(|dek_id| {
+            members
+                .iter()
+                .map(move |&full_node_id| RegistrationPayload {
+                    dek_id,
+                    full_node_id,
+                    local_epoch: 1,
+                })
+        })
+        .collect();
+    let payload = BootstrapPayload {
+        storage_dek_id: STORAGE_KEY,
+        wrapped_storage: new_wrapped_dek(kek)?,
+        raft_dek_id: RAFT_KEY,
+        wrapped_raft: new_wrapped_dek(kek)?,
+        batch_registry,
+    };
+    Ok(entry(
+        OP_BOOTSTRAP,
+        &payload.encode().map_err(ControlError::Encode)?,
+    ))
+}
+
+/// A `0x05` rotate-DEK entry proposed by `node_id`: a fresh key of `purpose` with
+/// the next unused id, and the proposer registered for it at epoch 1.
+///
+/// # Errors
+/// [`ControlError::Key`] or [`ControlError::Encode`].
+pub fn rotation_entry(
+    kek: &dyn KekProvider,
+    keyring: &Keyring,
+    purpose: Purpose,
+) -> Result<Vec<u8>, ControlError> {
+    let key_id = keyring.key_ids().into_iter().max().unwrap_or(0) + 1;
+    let payload = RotationPayload {
+        subtag: RotationSubtag::RotateDek,
+        dek_id: key_id,
+        purpose,
+        wrapped: new_wrapped_dek(kek)?,
+        proposer_registration: RegistrationPayload {
+            dek_id: key_id,
+            full_node_id: keyring.node_id(),
+            local_epoch: 1,
+        },
+    };
+    Ok(entry(
+        OP_ROTATION,
+        &payload.encode().map_err(ControlError::Encode)?,
+    ))
+}
+
+/// The `0x05` entry turning `switch` on.
+pub fn switch_entry(switch: EnvelopeSwitch) -> Vec<u8> {
+    entry(OP_ROTATION, &switch.encode())
+}
+
+/// What the encryption task works with.
+#[derive(Clone)]
+pub struct Control {
+    /// The Raft driver.
+    pub raft: RaftHandle,
+    /// The keyring.
+    pub keyring: Arc<Keyring>,
+    /// The KEK.
+    pub kek: Arc<dyn KekProvider>,
+    /// The writer registry (for status).
+    pub registry: Arc<dyn WriterRegistryStore>,
+    /// Whether the store holds any user key (a cluster with data is moved to
+    /// encryption by an operator, not automatically).
+    pub has_user_data: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("keyring", &self.keyring)
+            .field("kek", &self.kek.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// Proposes `data` and waits until this node applied it.
+    async fn propose(&self, data: Vec<u8>) -> Result<sealkv_kv::Outcome, ControlError> {
+        Ok(self.raft.propose(data).await?)
+    }
+
+    /// Proposes the bootstrap with every current member registered.
+    ///
+    /// # Errors
+    /// [`ControlError`].
+    pub async fn bootstrap(&self) -> Result<sealkv_kv::Outcome, ControlError> {
+        let status = self.raft.status();
+        let mut members = status.voters.clone();
+        members.extend(&status.learners);
+        self.propose(bootstrap_entry(self.kek.as_ref(), &members)?)
+            .await
+    }
+
+    /// Proposes a rotation of the `purpose` key.
+    ///
+    /// # Errors
+    /// [`ControlError`].
+    pub async fn rotate(&self, purpose: Purpose) -> Result<sealkv_kv::Outcome, ControlError> {
+        self.propose(rotation_entry(self.kek.as_ref(), &self.keyring, purpose)?)
+            .await
+    }
+
+    /// Proposes turning `switch` on.
+    ///
+    /// # Errors
+    /// [`ControlError`].
+    pub async fn enable(&self, switch: EnvelopeSwitch) -> Result<sealkv_kv::Outcome, ControlError> {
+        self.propose(switch_entry(switch)).await
+    }
+
+    /// Proposes the registrations this node still needs: the ones left from
+    /// startup and any key it is not yet registered for (after a rotation another
+    /// node proposed). Returns how many applied.
+    ///
+    /// # Errors
+    /// [`ControlError`] of the first that failed.
+    pub async fn register(
+        &self,
+        from_startup: &mut Vec<RegistrationPayload>,
+    ) -> Result<usize, ControlError> {
+        let mut regs = std::mem::take(from_startup);
+        for reg in self.keyring.pending_registrations() {
+            if !regs.contains(&reg) {
+                regs.push(reg);
+            }
+        }
+        let mut done = 0;
+        while let Some(reg) = regs.first().copied() {
+            if let Err(e) = self.propose(registration_entry(&reg)).await {
+                *from_startup = regs;
+                return Err(e);
+            }
+            regs.remove(0);
+            done += 1;
+        }
+        Ok(done)
+    }
+}
+
+/// The encryption task (see the module docs): runs until `stop` resolves.
+pub async fn maintain(
+    control: Control,
+    mut to_register: Vec<RegistrationPayload>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let status = control.raft.status();
+        if status.halted.is_some() || status.leader_id.is_none() {
+            continue;
+        }
+        match control.register(&mut to_register).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(registrations = n, "registered this node's key epochs"),
+            Err(e) => tracing::warn!("register this node's key epochs: {e}"),
+        }
+        if status.role != Role::Leader {
+            continue;
+        }
+        let keyring = &control.keyring;
+        let step = if !keyring.is_bootstrapped() {
+            if (control.has_user_data)() {
+                continue;
+            }
+            "bootstrap"
+        } else if !keyring.storage_envelope_active() {
+            "enable the storage envelope"
+        } else if keyring.raft_envelope_cutover_index() == 0 {
+            "enable the raft envelope"
+        } else {
+            continue;
+        };
+        let result = match step {
+            "bootstrap" => control.bootstrap().await,
+            "enable the storage envelope" => control.enable(EnvelopeSwitch::Storage).await,
+            _ => control.enable(EnvelopeSwitch::Raft).await,
+        };
+        match result {
+            Ok(outcome) => tracing::info!(?outcome, "encryption: {step}"),
+            Err(e) => tracing::warn!("encryption: {step}: {e}"),
+        }
+    }
+}
