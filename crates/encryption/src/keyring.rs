@@ -26,12 +26,18 @@
 //! * `counter` starts at 0 at every load and is taken with an atomic increment; it
 //!   is refused ([`KeyringError::NonceExhausted`]) rather than allowed to wrap.
 //!
-//! A key seals only once its (key, node, epoch) is registered through Raft: the
-//! applier calls [`Keyring::mark_registered`] after the registry row is durable.
-//! Until then sealing uses the newest other key of the purpose that this node is
-//! registered for *in this process load* (after a rotation another node proposed),
-//! or fails with [`KeyringError::NotRegistered`]. A key whose epoch was not raised
-//! in this load (an inactive key after a restart) never seals again.
+//! Which keys seal in a process load:
+//!
+//! * a key whose epoch [`Keyring::open`] raised seals once (key, node, epoch) is
+//!   marked registered ([`Keyring::mark_registered`]): by the applier when its
+//!   registry row is applied, or by the node after [`Keyring::check_registry`]
+//!   found the epoch above the registry's record; until then sealing fails with
+//!   [`KeyringError::NotRegistered`];
+//! * a key installed by a committed entry in this load seals at once: it is new, so
+//!   no earlier load sealed under it with this `node_id16`; its registration
+//!   follows through Raft;
+//! * a key whose epoch was not raised in this load (an inactive key after a
+//!   restart) never seals again: an earlier load may have used that epoch.
 //!
 //! # Startup
 //!
@@ -354,24 +360,38 @@ pub(crate) struct NewKey {
     pub(crate) local_epoch: u16,
 }
 
+/// Where a key's epoch in this process load comes from, which decides whether it
+/// may seal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Raised at [`Keyring::open`]: this load's own, and sealing once the node has
+    /// checked it against the registry and marked it registered.
+    Raised,
+    /// Installed by a committed entry in this load: the key is new, so no earlier
+    /// load of any node with this `node_id16` sealed under it (the registry and the
+    /// membership checks keep `node_id16` unique), and it seals at once.
+    Installed,
+    /// Loaded but not raised (an inactive key): an earlier load may have used this
+    /// epoch, so it never seals.
+    Stale,
+}
+
 /// The nonce state of one key for this process load.
 struct NonceState {
     purpose: Purpose,
     local_epoch: u16,
-    /// The epoch is this process load's own: raised at open (an active key) or
-    /// given by an entry that installed the key in this load. Only such a key may
-    /// ever seal; an inactive key's epoch may have been used by an earlier load.
-    fresh: bool,
+    /// Where this load's epoch comes from.
+    origin: Origin,
     counter: AtomicU64,
     registered: AtomicBool,
 }
 
 impl NonceState {
-    fn new(purpose: Purpose, local_epoch: u16, fresh: bool) -> NonceState {
+    fn new(purpose: Purpose, local_epoch: u16, origin: Origin) -> NonceState {
         NonceState {
             purpose,
             local_epoch,
-            fresh,
+            origin,
             counter: AtomicU64::new(0),
             registered: AtomicBool::new(false),
         }
@@ -538,8 +558,12 @@ impl Keyring {
                             local_epoch: epoch,
                         });
                     }
-                    let fresh = active.contains(&key_id);
-                    nonces.insert(key_id, NonceState::new(purpose, epoch, fresh));
+                    let origin = if active.contains(&key_id) {
+                        Origin::Raised
+                    } else {
+                        Origin::Stale
+                    };
+                    nonces.insert(key_id, NonceState::new(purpose, epoch, origin));
                 }
                 if !active.is_empty() {
                     doc.write(&sidecar_path)
@@ -780,7 +804,7 @@ impl Keyring {
         }
         let live = self.read();
         match live.nonces.get(&dek_id) {
-            Some(state) if state.local_epoch == epoch && state.fresh => {
+            Some(state) if state.local_epoch == epoch && state.origin != Origin::Stale => {
                 state.registered.store(true, Ordering::Release);
                 true
             }
@@ -842,17 +866,19 @@ impl Keyring {
         self.open_envelope(envelope, AadMode::Raft)
     }
 
-    /// Seals under the active key of `purpose` when this node is registered for it
-    /// at this load's epoch; otherwise (a rotation this node did not propose, whose
-    /// registration is not applied yet) under the newest other key of the purpose
-    /// it is registered for in this load. Which key sealed is in the envelope, so
-    /// replicas need not agree on it.
+    /// Seals under the active key of `purpose` when it may seal in this load (see
+    /// [`Origin`]); otherwise under the newest other key of the purpose that may.
+    /// Which key sealed is in the envelope, so replicas need not agree on it.
     fn seal(&self, purpose: Purpose, plaintext: &[u8], mode: AadMode<'_>) -> Result<Vec<u8>> {
         let live = self.read();
         let active = live
             .active(purpose)
             .ok_or(KeyringError::NoActiveKey(purpose))?;
-        let usable = |s: &NonceState| s.fresh && s.registered.load(Ordering::Acquire);
+        let usable = |s: &NonceState| match s.origin {
+            Origin::Raised => s.registered.load(Ordering::Acquire),
+            Origin::Installed => true,
+            Origin::Stale => false,
+        };
         let chosen = match live.nonces.get(&active) {
             Some(state) if usable(state) => Some((active, state)),
             _ => live
@@ -945,7 +971,7 @@ impl Keyring {
                 })?;
             states.push((
                 key.key_id,
-                NonceState::new(key.purpose, key.local_epoch, true),
+                NonceState::new(key.purpose, key.local_epoch, Origin::Installed),
             ));
         }
         self.write_sidecar(&doc)?;
@@ -962,6 +988,124 @@ impl Keyring {
         }
         live.sidecar = Some(doc);
         Ok(())
+    }
+
+    /// The cluster-wide part of the key state as a sidecar document (JSON): the
+    /// wrapped keys, active ids, envelope switches and the index they reflect, with
+    /// every `local_epoch` 0 (epochs are each node's own). The state machine keeps
+    /// it in its metadata so that a Raft snapshot carries the keys to a node that
+    /// never saw the entries that installed them. `None` before any key-family
+    /// entry was applied.
+    ///
+    /// # Errors
+    /// [`KeyringError::WriteSidecar`] if the document does not encode (it was
+    /// validated when written, so this does not happen in practice).
+    pub fn shared_json(&self) -> Result<Option<Vec<u8>>> {
+        let Some(mut doc) = self.read().sidecar.clone() else {
+            return Ok(None);
+        };
+        for key in doc.keys.iter_mut().flat_map(|k| k.values_mut()) {
+            key.local_epoch = 0;
+        }
+        let text = sidecar::to_json(&doc).map_err(|source| KeyringError::WriteSidecar {
+            path: self.sidecar_path.clone(),
+            source,
+        })?;
+        Ok(Some(text.into_bytes()))
+    }
+
+    /// Adopts the cluster-wide key state `shared` (from [`Keyring::shared_json`] on
+    /// another node, carried by a Raft snapshot) when it reflects more entries than
+    /// this node's sidecar: keys this node lacks are unwrapped and installed
+    /// (sealing at once, like keys installed by an entry), the active ids and
+    /// envelope switches are taken over, and the sidecar is written durably. A new
+    /// key's epoch is one above the registry's record for this node, or 0 without
+    /// one. Returns whether anything changed; an older or equal state changes
+    /// nothing, so adopting is idempotent.
+    ///
+    /// # Errors
+    /// [`KeyringError::LoadSidecar`] when `shared` does not load,
+    /// [`KeyringError::KekDoesNotUnwrap`], [`KeyringError::EpochExhausted`],
+    /// [`KeyringError::Registry`] or [`KeyringError::WriteSidecar`].
+    pub fn adopt(&self, shared: &[u8], registry: &dyn WriterRegistryStore) -> Result<bool> {
+        let theirs = sidecar::from_json(shared).map_err(|source| KeyringError::LoadSidecar {
+            path: PathBuf::from("<snapshot metadata>"),
+            source,
+        })?;
+        let _writer = self.lock_writer();
+        let mut doc = self.read().doc();
+        if theirs.raft_applied_index <= doc.raft_applied_index && self.has_sidecar() {
+            return Ok(false);
+        }
+        let mut new = Vec::new();
+        for (id, key) in theirs.keys.iter().flatten() {
+            let key_id = canonical_id(id)?;
+            if self.contains_key(key_id) {
+                continue;
+            }
+            let purpose = key
+                .purpose_kind()
+                .ok_or(KeyringError::NonCanonicalKeyId { key_id: id.clone() })?;
+            let wrapped = key
+                .wrapped
+                .as_deref()
+                .ok_or(KeyringError::WrappedKeyMissing { key_id })?;
+            let local_epoch =
+                match registry.get_writer(WriterKey::for_node(key_id, self.node_id))? {
+                    Some(row) if row.full_node_id == self.node_id => {
+                        if row.last_seen_local_epoch == EPOCH_EXHAUSTED {
+                            return Err(KeyringError::EpochExhausted { key_id });
+                        }
+                        row.last_seen_local_epoch + 1
+                    }
+                    _ => 0,
+                };
+            new.push((
+                key_id,
+                purpose,
+                wrapped.to_vec(),
+                self.unwrap(key_id, wrapped)?,
+                local_epoch,
+                key.created.clone(),
+            ));
+        }
+        let map = doc.keys.get_or_insert_with(BTreeMap::new);
+        let mut staged = Keystore::new();
+        let mut states = Vec::with_capacity(new.len());
+        for (key_id, purpose, wrapped, dek, local_epoch, created) in new {
+            map.insert(
+                key_id.to_string(),
+                SidecarKey {
+                    purpose: purpose.as_str().to_string(),
+                    wrapped: Some(wrapped),
+                    created,
+                    local_epoch,
+                },
+            );
+            staged
+                .insert(key_id, dek)
+                .map_err(|source| KeyringError::Cipher { key_id, source })?;
+            states.push((
+                key_id,
+                NonceState::new(purpose, local_epoch, Origin::Installed),
+            ));
+        }
+        doc.active = theirs.active;
+        doc.storage_envelope_active = theirs.storage_envelope_active;
+        doc.raft_envelope_cutover_index = theirs.raft_envelope_cutover_index;
+        doc.raft_applied_index = theirs.raft_applied_index;
+        self.write_sidecar(&doc)?;
+        let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
+        for (key_id, state) in states {
+            if let Some(dek) = staged.remove(key_id) {
+                live.keys
+                    .insert(key_id, dek)
+                    .map_err(|source| KeyringError::Cipher { key_id, source })?;
+            }
+            live.nonces.insert(key_id, state);
+        }
+        live.sidecar = Some(doc);
+        Ok(true)
     }
 
     /// Records the envelope switches applied by the entry at `index`: whether user

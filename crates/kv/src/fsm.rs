@@ -86,9 +86,10 @@ pub enum HaltCause {
     /// A KV entry arrived in a raft envelope and this node has no keyring.
     #[error("kv entry in a raft envelope and no keyring on this node")]
     WrappedWithoutKeyring,
-    /// A value could not be sealed under the storage key (no active key, the
-    /// node's epoch is not registered, the nonce counter is exhausted).
-    #[error("seal value")]
+    /// The keyring failed: a value could not be sealed (no active key, the node's
+    /// epoch is not registered, the nonce counter is exhausted), or key state could
+    /// not be adopted from a snapshot.
+    #[error("keyring")]
     Seal(#[source] KeyringError),
     /// An entry arrived out of order.
     #[error("entry index {got} does not follow applied index {applied}")]
@@ -223,6 +224,10 @@ impl Pending {
     }
 }
 
+/// The metadata row holding the cluster-wide key state
+/// ([`Keyring::shared_json`]).
+pub const ENCRYPTION_META_KEY: &[u8] = b"encryption";
+
 /// The user-level error replies, as Redis words them.
 const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 const ERR_OVERFLOW: &str = "ERR increment or decrement would overflow";
@@ -278,6 +283,31 @@ impl KvFsm {
     pub fn reload_applied_index(&mut self) -> Result<u64, StoreError> {
         self.applied = self.store.applied_index()?;
         Ok(self.applied)
+    }
+
+    /// After a Raft snapshot was installed under the state machine (or at startup,
+    /// in case a crash came between the install and this call): adopts the key
+    /// state the snapshot carried in its metadata into this node's keyring, so the
+    /// node can open the values the snapshot holds and seal new ones. Returns
+    /// whether the keyring changed; without a keyring or key state, nothing to do.
+    ///
+    /// # Errors
+    /// [`HaltCause::Storage`] when the metadata cannot be read,
+    /// [`HaltCause::Seal`] when the keys do not unwrap or the sidecar cannot be
+    /// written; the node must not go on without the keys.
+    pub fn adopt_snapshot_keys(&self) -> Result<bool, HaltCause> {
+        let Some(applier) = &self.encryption else {
+            return Ok(false);
+        };
+        let Some(keyring) = applier.keyring() else {
+            return Ok(false);
+        };
+        let Some(shared) = self.store.get_meta(ENCRYPTION_META_KEY)? else {
+            return Ok(false);
+        };
+        keyring
+            .adopt(&shared, applier.registry())
+            .map_err(HaltCause::Seal)
     }
 
     /// The halt, once the state machine has halted.
@@ -432,11 +462,16 @@ impl KvFsm {
                     .encryption
                     .as_ref()
                     .ok_or(HaltCause::NoEncryption(op))?;
-                Ok(Outcome::Encryption(applier.apply(
-                    entry.index,
-                    op,
-                    payload,
-                )?))
+                let applied = applier.apply(entry.index, op, payload)?;
+                // The cluster-wide key state rides in the state machine's metadata,
+                // committed with this entry's applied index, so that a snapshot
+                // carries the keys (see `adopt_snapshot_keys`).
+                if let Some(keyring) = applier.keyring()
+                    && let Some(shared) = keyring.shared_json().map_err(HaltCause::Seal)?
+                {
+                    pending.batch.put_meta(ENCRYPTION_META_KEY, shared)?;
+                }
+                Ok(Outcome::Encryption(applied))
             }
             other => Err(HaltCause::UnknownOpcode(other)),
         }

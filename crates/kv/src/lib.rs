@@ -38,6 +38,6 @@ pub use command::{
     PutCondition, WRAPPED, WrapError,
 };
 pub use fsm::{
-    ERR_NOT_WRAPPED, Entry, EntryOutcome, Halt, HaltCause, Halted, KvFsm, LiveValue, Outcome,
-    ReadError, Reader, Reply,
+    ENCRYPTION_META_KEY, ERR_NOT_WRAPPED, Entry, EntryOutcome, Halt, HaltCause, Halted, KvFsm,
+    LiveValue, Outcome, ReadError, Reader, Reply,
 };

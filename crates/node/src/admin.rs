@@ -226,6 +226,14 @@ async fn add_node(State(state): State<AdminState>, Json(body): Json<AddNode>) ->
             format!("raft_addr {:?} is not host:port", body.raft_addr),
         );
     }
+    if let Some(control) = &state.encryption {
+        let status = state.raft.status();
+        // A learner promoted to voter is already admitted and registered.
+        let member = status.voters.contains(&body.id) || status.learners.contains(&body.id);
+        if !member && let Err(refusal) = control.admit(body.id, &status).await {
+            return error(StatusCode::CONFLICT, crate::error_chain(&refusal));
+        }
+    }
     let kind = if body.learner {
         ConfChangeType::AddLearnerNode
     } else {

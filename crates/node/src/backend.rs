@@ -5,6 +5,7 @@
 //! node to apply up to it; stale reads read what this node has applied.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sealkv_encryption::keyring::Keyring;
@@ -22,26 +23,33 @@ pub struct NodeBackend {
     reader: Reader,
     transport: Arc<Transport>,
     keyring: Option<Arc<Keyring>>,
+    registered: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 }
 
 impl NodeBackend {
     /// A backend over the driver and a reader of the same store; the transport tells
-    /// where the leader serves Redis clients. With a keyring (encryption enabled),
-    /// writes wait for the storage envelope and are wrapped in raft envelopes after
-    /// the cutover.
+    /// where the leader serves Redis clients. With encryption (the keyring, and the
+    /// flag set once this load's epochs are registered), writes wait for both the
+    /// registration and the storage envelope, and are wrapped in raft envelopes
+    /// after the cutover.
     pub fn new(
         raft: RaftHandle,
         reader: Reader,
         transport: Arc<Transport>,
-        keyring: Option<Arc<Keyring>>,
+        encryption: Option<(Arc<Keyring>, Arc<AtomicBool>)>,
         metrics: Arc<Metrics>,
     ) -> NodeBackend {
+        let (keyring, registered) = match encryption {
+            Some((keyring, registered)) => (Some(keyring), registered),
+            None => (None, Arc::new(AtomicBool::new(true))),
+        };
         NodeBackend {
             raft,
             reader,
             transport,
             keyring,
+            registered,
             metrics,
         }
     }
@@ -68,6 +76,11 @@ impl NodeBackend {
         let Some(keyring) = &self.keyring else {
             return request.to_entry().map_err(|e| internal(&e));
         };
+        if !self.registered.load(Ordering::Acquire) {
+            return Err(ApiError::NotReady(
+                "this node's key epochs are being registered through raft".to_string(),
+            ));
+        }
         if !keyring.storage_envelope_active() {
             return Err(ApiError::NotReady(
                 "encryption is enabled and the storage envelope is not on yet (a new cluster \

@@ -30,6 +30,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use raft::{GetEntriesContext, Storage as _};
@@ -199,6 +200,10 @@ pub struct OpenedKeyring {
     pub keyring: Arc<Keyring>,
     /// (key, this node, epoch) for every active key: proposed once a leader is known.
     pub to_register: Vec<RegistrationPayload>,
+    /// Set once `to_register` has been applied through Raft: until then the node
+    /// takes no client writes, so nothing it seals under this load's epochs leaves
+    /// it before the cluster accepted those epochs (NONCE-SAFETY.md §4).
+    pub registered: Arc<AtomicBool>,
 }
 
 /// Runs the startup guards that need only the store: without encryption, refuses a
@@ -273,9 +278,11 @@ pub fn open_keyring(
     for reg in &to_register {
         keyring.mark_registered(reg.dek_id, reg.full_node_id, reg.local_epoch);
     }
+    let registered = Arc::new(AtomicBool::new(to_register.is_empty()));
     Ok(Some(OpenedKeyring {
         keyring: Arc::new(keyring),
         to_register,
+        registered,
     }))
 }
 
@@ -421,6 +428,41 @@ pub fn switch_entry(switch: EnvelopeSwitch) -> Vec<u8> {
     entry(OP_ROTATION, &switch.encode())
 }
 
+/// Why a node may not join an encrypted cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    /// A registered writer owns the id's low 16 bits.
+    #[error(
+        "node id {id} shares its low 16 bits with writer {owner} registered under key \
+         {key_id}: nonces could repeat; give the new node an id with other low 16 bits"
+    )]
+    Registered {
+        /// The joining id.
+        id: u64,
+        /// The registered writer.
+        owner: u64,
+        /// A key it is registered under.
+        key_id: u32,
+    },
+    /// A current member has the same low 16 bits.
+    #[error(
+        "node id {id} shares its low 16 bits with member {other}: give the new node an id \
+         with other low 16 bits"
+    )]
+    Member {
+        /// The joining id.
+        id: u64,
+        /// The member.
+        other: u64,
+    },
+    /// The registry could not be read.
+    #[error("read the writer registry: {0}")]
+    Registry(String),
+    /// The registration could not be proposed.
+    #[error("register the new node")]
+    Register(#[source] ControlError),
+}
+
 /// What the encryption task works with.
 #[derive(Clone)]
 pub struct Control {
@@ -450,6 +492,56 @@ impl Control {
     /// Proposes `data` and waits until this node applied it.
     async fn propose(&self, data: Vec<u8>) -> Result<sealkv_kv::Outcome, ControlError> {
         Ok(self.raft.propose(data).await?)
+    }
+
+    /// Before `id` joins: refuses an id whose low 16 bits belong to a registered
+    /// writer (any key, any full id: a removed node's id included, since its
+    /// epochs are on record) or to another member, so two nodes can never share a
+    /// nonce prefix; then proposes the registration of `id` at epoch 0 under every
+    /// active key, which is the epoch the node gets when it installs those keys
+    /// from the log (DESIGN.md §5: a node added later is registered with its
+    /// membership change).
+    ///
+    /// # Errors
+    /// [`AdmitError`].
+    pub async fn admit(
+        &self,
+        id: u64,
+        status: &crate::consensus::RaftStatus,
+    ) -> Result<(), AdmitError> {
+        let node16 = (id & 0xFFFF) as u16;
+        let rows = self
+            .registry
+            .list_writers()
+            .map_err(|e| AdmitError::Registry(e.to_string()))?;
+        if let Some((key, row)) = rows.iter().find(|(key, _)| key.node_id16 == node16) {
+            return Err(AdmitError::Registered {
+                id,
+                owner: row.full_node_id,
+                key_id: key.dek_id,
+            });
+        }
+        let members = status.voters.iter().chain(&status.learners);
+        if let Some(&other) = members
+            .into_iter()
+            .find(|&&m| m != id && m & 0xFFFF == id & 0xFFFF)
+        {
+            return Err(AdmitError::Member { id, other });
+        }
+        for purpose in [Purpose::Storage, Purpose::Raft] {
+            let Some(dek_id) = self.keyring.active_key_id(purpose) else {
+                continue;
+            };
+            let reg = RegistrationPayload {
+                dek_id,
+                full_node_id: id,
+                local_epoch: 0,
+            };
+            self.propose(registration_entry(&reg))
+                .await
+                .map_err(AdmitError::Register)?;
+        }
+        Ok(())
     }
 
     /// Proposes the bootstrap with every current member registered.
@@ -510,10 +602,12 @@ impl Control {
     }
 }
 
-/// The encryption task (see the module docs): runs until `stop` resolves.
+/// The encryption task (see the module docs): runs until `stop` resolves. Sets
+/// `registered` once the startup registrations `to_register` are applied.
 pub async fn maintain(
     control: Control,
     mut to_register: Vec<RegistrationPayload>,
+    registered: Arc<AtomicBool>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
@@ -528,8 +622,12 @@ pub async fn maintain(
             continue;
         }
         match control.register(&mut to_register).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(registrations = n, "registered this node's key epochs"),
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(registrations = n, "registered this node's key epochs");
+                }
+                registered.store(true, Ordering::Release);
+            }
             Err(e) => tracing::warn!("register this node's key epochs: {e}"),
         }
         if status.role != Role::Leader {

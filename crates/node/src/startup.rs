@@ -145,6 +145,14 @@ impl Opened {
         let fsm = KvFsm::new(as_kv)
             .context("build state machine")?
             .with_encryption(applier);
+        // A snapshot installed just before a crash may carry keys the sidecar
+        // does not have yet.
+        if fsm
+            .adopt_snapshot_keys()
+            .context("adopt the encryption keys of the installed snapshot")?
+        {
+            tracing::info!("adopted the encryption keys of the installed snapshot");
+        }
         tracing::info!(
             step = 4,
             applied_index = fsm.applied_index(),
@@ -191,19 +199,23 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
     let Opened {
         _lock,
         store,
-        fsm,
+        mut fsm,
         keyring,
     } = opened;
     let raft_listener = bind("raft", &config.raft_addr).await?;
     let log = RaftLog::open(&store).context("open raft log")?;
-    if let Some(opened) = &keyring {
-        encryption::check_sidecar_against_log(&opened.keyring, &log, fsm.applied_index())
-            .context("open raft log")?;
-    }
     if consensus::recover_pending_snapshot(&config.data_dir, &store, &log)
         .context("finish installing a snapshot received before a crash")?
     {
+        fsm.reload_applied_index()
+            .context("reload the applied index after the snapshot")?;
+        fsm.adopt_snapshot_keys()
+            .context("adopt the encryption keys of the installed snapshot")?;
         tracing::info!("finished installing a snapshot received before a crash");
+    }
+    if let Some(opened) = &keyring {
+        encryption::check_sidecar_against_log(&opened.keyring, &log, fsm.applied_index())
+            .context("open raft log")?;
     }
     let mut peers =
         PeerBook::load(&PeerBook::path_in(&config.data_dir)).context("load peers file")?;
@@ -288,7 +300,9 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
             raft.clone(),
             fsm_reader,
             Arc::clone(&transport),
-            keyring.as_ref().map(|k| Arc::clone(&k.keyring)),
+            keyring
+                .as_ref()
+                .map(|k| (Arc::clone(&k.keyring), Arc::clone(&k.registered))),
             Arc::clone(&metrics),
         ));
         let stop = until_stop(stopped.clone());
@@ -318,6 +332,7 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(encryption::maintain(
             control.clone(),
             opened.to_register,
+            opened.registered,
             stop,
         )));
     }

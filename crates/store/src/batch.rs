@@ -28,6 +28,7 @@ pub enum BatchOp {
 pub struct WriteBatch {
     ops: Vec<BatchOp>,
     applied_index: Option<u64>,
+    meta: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl WriteBatch {
@@ -58,6 +59,25 @@ impl WriteBatch {
         self.applied_index = Some(index);
     }
 
+    /// Sets the state-machine metadata row `key` (for instance the shared
+    /// encryption state) in the same atomic write. Metadata travels with snapshots.
+    ///
+    /// # Errors
+    /// [`StoreError::ReservedKey`] for the key of the applied index, which only
+    /// [`set_applied_index`](Self::set_applied_index) writes.
+    pub fn put_meta(&mut self, key: &[u8], value: Vec<u8>) -> Result<()> {
+        if key == crate::rocks::APPLIED_INDEX_KEY {
+            return Err(StoreError::ReservedKey { key: key.to_vec() });
+        }
+        self.meta.push((key.to_vec(), value));
+        Ok(())
+    }
+
+    /// The metadata rows this batch sets, in the order they were added.
+    pub fn meta(&self) -> &[(Vec<u8>, Vec<u8>)] {
+        &self.meta
+    }
+
     /// The writes, in the order they were added.
     pub fn ops(&self) -> &[BatchOp] {
         &self.ops
@@ -70,6 +90,6 @@ impl WriteBatch {
 
     /// Whether the batch writes nothing at all.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.applied_index.is_none()
+        self.ops.is_empty() && self.applied_index.is_none() && self.meta.is_empty()
     }
 }

@@ -91,6 +91,26 @@ pub fn kv_store_conformance<S: KvStore>(fresh: impl Fn() -> S) {
     s.commit(WriteBatch::new()).expect("empty commit");
     assert_eq!(s.applied_index().expect("applied"), 7);
 
+    // Metadata rows land with the batch, are read back by key, and the applied
+    // index's own key is refused.
+    assert_eq!(s.get_meta(b"encryption").expect("meta"), None);
+    let mut batch = WriteBatch::new();
+    batch
+        .put_meta(b"encryption", b"doc".to_vec())
+        .expect("meta");
+    batch.set_applied_index(9);
+    assert!(!batch.is_empty());
+    s.commit(batch).expect("commit");
+    assert_eq!(
+        s.get_meta(b"encryption").expect("meta"),
+        Some(b"doc".to_vec())
+    );
+    assert_eq!(s.applied_index().expect("applied"), 9);
+    assert!(matches!(
+        WriteBatch::new().put_meta(b"applied_index", b"x".to_vec()),
+        Err(StoreError::ReservedKey { .. })
+    ));
+
     // The reserved keyspace is refused before anything is written.
     let mut batch = WriteBatch::new();
     let err = batch

@@ -138,6 +138,9 @@ pub trait KvStore: Any + Send + Sync {
     /// The last applied Raft index persisted by [`commit`](Self::commit).
     fn applied_index(&self) -> Result<u64>;
 
+    /// The metadata row `key` set by [`WriteBatch::put_meta`], or `None`.
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
     /// Applies `batch` atomically (and durably, for a durable store).
     fn commit(&self, batch: WriteBatch) -> Result<()>;
 

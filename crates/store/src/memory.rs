@@ -12,6 +12,7 @@ use crate::{BatchOp, KvStore, Result, WriteBatch};
 struct Inner {
     versions: BTreeMap<(Vec<u8>, Reverse<u64>), StoredValue>,
     applied_index: u64,
+    meta: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 /// An in-memory [`KvStore`] for unit tests.
@@ -56,6 +57,10 @@ impl KvStore for MemoryStore {
         Ok(self.inner().applied_index)
     }
 
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.inner().meta.get(key).cloned())
+    }
+
     fn scan_latest(&self, visit: &mut dyn FnMut(&[u8], &Version) -> bool) -> Result<()> {
         let inner = self.inner();
         let mut previous: Option<&[u8]> = None;
@@ -86,6 +91,9 @@ impl KvStore for MemoryStore {
             inner
                 .versions
                 .insert((key.clone(), Reverse(*commit_version)), value.clone());
+        }
+        for (key, value) in batch.meta() {
+            inner.meta.insert(key.clone(), value.clone());
         }
         if let Some(index) = batch.applied_index() {
             inner.applied_index = index;

@@ -241,6 +241,13 @@ impl KvStore for RocksStore {
         decode_applied_index(&raw)
     }
 
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let meta = cf(&self.db, CF_META)?;
+        self.db
+            .get_cf(meta, key)
+            .map_err(|e| backend("read metadata", e))
+    }
+
     fn scan_latest(&self, visit: &mut dyn FnMut(&[u8], &Version) -> bool) -> Result<()> {
         let data = cf(&self.db, CF_DATA)?;
         // The iterator reads one implicit snapshot of the database.
@@ -282,6 +289,9 @@ impl KvStore for RocksStore {
                 mvcc::physical_key(key, *commit_version),
                 value.encode(),
             );
+        }
+        for (key, value) in batch.meta() {
+            wb.put_cf(cf(&self.db, CF_META)?, key, value);
         }
         if let Some(index) = batch.applied_index() {
             wb.put_cf(

@@ -207,7 +207,7 @@ fn bootstrap_installs_keys_writes_sidecar_and_rows() {
 }
 
 #[test]
-fn bootstrap_without_this_nodes_row_waits_for_its_registration() {
+fn bootstrap_without_this_nodes_row_seals_at_once_and_asks_to_register() {
     let node = Node::fresh();
     apply_boot(&node, 4, 1, 2, vec![row(1, OTHER, 1), row(2, OTHER, 1)]).expect("bootstrap");
     assert_eq!(node.keyring.local_epochs(), [(1, 0), (2, 0)]);
@@ -215,24 +215,24 @@ fn bootstrap_without_this_nodes_row_waits_for_its_registration() {
         node.keyring.pending_registrations(),
         [row(1, NODE, 0), row(2, NODE, 0)]
     );
-    assert!(matches!(
-        node.keyring.seal_storage(b"v", &HEADER, b"k"),
-        Err(KeyringError::NotRegistered {
-            key_id: 1,
-            epoch: 0
-        })
-    ));
-    // Another node's registration does not help; this node's does.
+    // The keys are new in this load, so epoch 0 was never used under them with
+    // this node16: they seal at once, and the registration records it.
+    let sealed = node
+        .keyring
+        .seal_storage(b"v", &HEADER, b"k")
+        .expect("seals");
+    assert_eq!(sealed[8..10], 0u16.to_be_bytes(), "epoch 0 in the nonce");
+    // Another node's registration does not count for this node; its own does.
     node.applier
         .apply_registration(&row(1, THIRD, 0))
         .expect("other node");
-    assert!(node.keyring.seal_storage(b"v", &HEADER, b"k").is_err());
+    assert_eq!(
+        node.keyring.pending_registrations(),
+        [row(1, NODE, 0), row(2, NODE, 0)]
+    );
     node.applier
         .apply_registration(&row(1, NODE, 0))
         .expect("own registration");
-    node.keyring
-        .seal_storage(b"v", &HEADER, b"k")
-        .expect("seals");
     assert_eq!(node.keyring.pending_registrations(), [row(2, NODE, 0)]);
 }
 
@@ -436,13 +436,14 @@ fn values_sealed_across_two_rotations_all_open() {
         }
     );
     assert_eq!(k.local_epochs(), [(1, 1), (2, 1), (3, 5), (4, 0)]);
-    // Until its registration for key 4 applies, this node keeps sealing under the
-    // newest key it is registered for in this load (3); the envelope names it.
+    // Key 4 is new in this load: it seals at once, at epoch 0, and this node
+    // still has to register that epoch.
     let before = k
         .seal_storage(b"v2b", &HEADER, b"b2")
-        .expect("seal under key 3");
-    assert_eq!(before[2..6], 3u32.to_be_bytes());
-    sealed.push((before, b"v2b".to_vec(), 3));
+        .expect("seal under key 4");
+    assert_eq!(before[2..6], 4u32.to_be_bytes());
+    assert_eq!(before[8..10], 0u16.to_be_bytes());
+    sealed.push((before, b"v2b".to_vec(), 4));
     assert_eq!(k.pending_registrations(), [row(4, NODE, 0)]);
     for reg in k.pending_registrations() {
         node.applier.apply_registration(&reg).expect("register");
@@ -669,7 +670,9 @@ fn crash_between_sidecar_and_registry_is_finished_by_the_replay() {
         .apply_bootstrap(10, &boot)
         .expect_err("registry write fails");
     assert!(matches!(err, ApplyError::Store(_)), "{err:?}");
-    // The sidecar is durable, the rows are not, and nothing seals.
+    // The sidecar is durable and the rows are not. The keys are new, so sealing
+    // under them is nonce-safe already; the halt keeps the state machine from
+    // applying anything after the entry.
     assert_eq!(
         sidecar_on_disk(dir.path())
             .expect("sidecar")
@@ -677,10 +680,7 @@ fn crash_between_sidecar_and_registry_is_finished_by_the_replay() {
         10
     );
     assert!(registry.list_writers().expect("list").is_empty());
-    assert!(matches!(
-        keyring.seal_raft(b"p"),
-        Err(KeyringError::NotRegistered { .. })
-    ));
+    assert!(keyring.seal_raft(b"p").is_ok());
 
     // Restart: epochs rise above the entry's, the replay writes the missing rows.
     drop((applier, keyring));
@@ -1002,4 +1002,57 @@ fn an_inactive_keys_old_epoch_never_seals_after_a_restart() {
         .seal_storage(b"v", &HEADER, b"k")
         .expect("seal");
     assert_eq!(sealed[2..6], 3u32.to_be_bytes());
+}
+
+#[test]
+fn a_node_adopts_the_shared_key_state_of_another() {
+    // Node A bootstraps and rotates its storage key; its shared state reaches a
+    // fresh node B the way a Raft snapshot carries it (with B's registry rows).
+    let a = Node::fresh();
+    standard_boot(&a, 5).expect("bootstrap");
+    apply_rot(&a, 9, rotation(3, Purpose::Storage, OTHER, 1)).expect("rotate");
+    let sealed = a.keyring.seal_storage(b"v", &HEADER, b"k").expect("seal");
+    let shared = a.keyring.shared_json().expect("json").expect("a state");
+    let doc: sealkv_encryption::sidecar::Sidecar =
+        sealkv_encryption::sidecar::from_json(&shared).expect("shared state loads");
+    assert!(doc.keys.iter().flatten().all(|(_, k)| k.local_epoch == 0));
+
+    let b = Node::fresh_as(THIRD);
+    // The registry B received says it registered key 1 up to epoch 4 before.
+    b.registry
+        .put_writers(&[(WriterKey::for_node(1, THIRD), record(THIRD, 1, 4))])
+        .expect("seed");
+    assert!(
+        b.keyring
+            .adopt(&shared, b.registry.as_ref())
+            .expect("adopt")
+    );
+    assert_eq!(b.keyring.key_ids(), [1, 2, 3]);
+    assert_eq!(b.keyring.local_epochs(), [(1, 5), (2, 0), (3, 0)]);
+    assert_eq!(b.keyring.active_key_id(Purpose::Storage), Some(3));
+    assert_eq!(b.keyring.sidecar_applied_index(), 9);
+    assert_eq!(
+        b.keyring
+            .open_storage(&sealed, &HEADER, b"k")
+            .expect("open"),
+        b"v"
+    );
+    b.keyring
+        .seal_storage(b"w", &HEADER, b"k2")
+        .expect("B seals");
+    // Its sidecar is durable, and adopting the same state again changes nothing.
+    let on_disk = sidecar_on_disk(b.path()).expect("sidecar");
+    assert_eq!(on_disk.raft_applied_index, 9);
+    assert!(
+        !b.keyring
+            .adopt(&shared, b.registry.as_ref())
+            .expect("again")
+    );
+    // A state under another KEK does not unwrap: nothing changes.
+    let c = Node::fresh_with_kek(THIRD, [0x77; 32]);
+    assert!(matches!(
+        c.keyring.adopt(&shared, c.registry.as_ref()),
+        Err(KeyringError::KekDoesNotUnwrap { .. })
+    ));
+    assert!(!c.keyring.is_bootstrapped());
 }

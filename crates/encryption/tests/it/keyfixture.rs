@@ -134,9 +134,19 @@ pub struct Node {
 impl Node {
     /// A fresh node with the test KEK and no sidecar.
     pub fn fresh() -> Node {
+        Node::fresh_with_kek(NODE, KEK_BYTES)
+    }
+
+    /// A fresh node with id `id`, the test KEK and no sidecar.
+    pub fn fresh_as(id: u64) -> Node {
+        Node::fresh_with_kek(id, KEK_BYTES)
+    }
+
+    /// A fresh node with id `id`, the KEK `kek` and no sidecar.
+    pub fn fresh_with_kek(id: u64, kek: [u8; 32]) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let registry = Arc::new(MemoryRegistry::new());
-        let keyring = Arc::new(Keyring::open(dir.path(), NODE, provider(KEK_BYTES)).expect("open"));
+        let keyring = Arc::new(Keyring::open(dir.path(), id, provider(kek)).expect("open"));
         let applier = Applier::with_keyring(registry.clone(), keyring.clone());
         Node {
             dir,

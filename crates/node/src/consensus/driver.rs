@@ -831,6 +831,13 @@ impl Driver {
         self.fsm
             .reload_applied_index()
             .map_err(|e| DriverError::Snapshot(e.into()))?;
+        if self
+            .fsm
+            .adopt_snapshot_keys()
+            .map_err(|e| DriverError::Snapshot(anyhow::Error::new(e).context("adopt its keys")))?
+        {
+            tracing::info!(index, "adopted the encryption keys the snapshot carried");
+        }
         self.metrics.snapshots_installed.inc();
         // Proposals waiting on entries the snapshot covers will not be applied here
         // one by one; their outcome is unknown to this node.

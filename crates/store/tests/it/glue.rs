@@ -41,6 +41,9 @@ fn glue_refuses_an_unknown_store() {
         fn applied_index(&self) -> sealkv_store::Result<u64> {
             self.0.applied_index()
         }
+        fn get_meta(&self, key: &[u8]) -> sealkv_store::Result<Option<Vec<u8>>> {
+            self.0.get_meta(key)
+        }
         fn commit(&self, batch: sealkv_store::WriteBatch) -> sealkv_store::Result<()> {
             self.0.commit(batch)
         }
