@@ -958,6 +958,13 @@ impl Keyring {
             }
         }
         doc.raft_applied_index = index;
+        self.commit_keys(doc, new)
+    }
+
+    /// Writes `doc` durably, then loads the `new` keys (sealing at once, as keys
+    /// installed in this load) and swaps `doc` in. The caller holds the writer lock
+    /// and has put the new keys into `doc`.
+    fn commit_keys(&self, doc: Sidecar, new: Vec<NewKey>) -> Result<()> {
         // Set the key schedules up before anything is written, so a failure here
         // leaves both disk and memory as they were.
         let mut staged = Keystore::new();
@@ -1060,51 +1067,28 @@ impl Keyring {
                     }
                     _ => 0,
                 };
-            new.push((
+            new.push(NewKey {
                 key_id,
                 purpose,
-                wrapped.to_vec(),
-                self.unwrap(key_id, wrapped)?,
+                wrapped: wrapped.to_vec(),
+                dek: self.unwrap(key_id, wrapped)?,
                 local_epoch,
-                key.created.clone(),
-            ));
-        }
-        let map = doc.keys.get_or_insert_with(BTreeMap::new);
-        let mut staged = Keystore::new();
-        let mut states = Vec::with_capacity(new.len());
-        for (key_id, purpose, wrapped, dek, local_epoch, created) in new {
-            map.insert(
+            });
+            doc.keys.get_or_insert_with(BTreeMap::new).insert(
                 key_id.to_string(),
                 SidecarKey {
                     purpose: purpose.as_str().to_string(),
-                    wrapped: Some(wrapped),
-                    created,
+                    wrapped: Some(wrapped.to_vec()),
+                    created: key.created.clone(),
                     local_epoch,
                 },
             );
-            staged
-                .insert(key_id, dek)
-                .map_err(|source| KeyringError::Cipher { key_id, source })?;
-            states.push((
-                key_id,
-                NonceState::new(purpose, local_epoch, Origin::Installed),
-            ));
         }
         doc.active = theirs.active;
         doc.storage_envelope_active = theirs.storage_envelope_active;
         doc.raft_envelope_cutover_index = theirs.raft_envelope_cutover_index;
         doc.raft_applied_index = theirs.raft_applied_index;
-        self.write_sidecar(&doc)?;
-        let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
-        for (key_id, state) in states {
-            if let Some(dek) = staged.remove(key_id) {
-                live.keys
-                    .insert(key_id, dek)
-                    .map_err(|source| KeyringError::Cipher { key_id, source })?;
-            }
-            live.nonces.insert(key_id, state);
-        }
-        live.sidecar = Some(doc);
+        self.commit_keys(doc, new)?;
         Ok(true)
     }
 
