@@ -105,7 +105,7 @@ pub enum DurableError {
         path: PathBuf,
     },
     /// One step failed; `path` is the file or directory that step touched.
-    #[error("{step} {path}: {source}")]
+    #[error("{step} {path}")]
     Step {
         /// The step that failed.
         step: DurableStep,
@@ -123,7 +123,7 @@ pub enum DurableError {
     },
     /// The directory (and so its filesystem) cannot be fsynced, which makes a
     /// rename impossible to persist.
-    #[error("directory {dir} cannot be fsynced: {source}")]
+    #[error("directory {dir} cannot be fsynced")]
     DirFsyncUnsupported {
         /// The directory checked.
         dir: PathBuf,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sealkv_encryption::keyring::Keyring;
-use sealkv_kv::{ERR_NOT_WRAPPED, KvRequest, Outcome, ReadError, Reader, Reply};
+use sealkv_kv::{KvRequest, Outcome, ReadError, Reader, Reply};
 
 use crate::consensus::transport::Transport;
 use crate::consensus::{ProposeError, RaftHandle, Role};
@@ -65,10 +65,10 @@ impl NodeBackend {
         read_error(e)
     }
 
-    /// The Raft entry for `request`: refused while encryption is enabled and the
-    /// storage envelope is not on yet (no user value is ever stored in cleartext on
-    /// an encrypted node), wrapped in a raft envelope once this node applied the
-    /// cutover.
+    /// The Raft entry for `request`: on an encrypted node, refused until this load's
+    /// epochs are registered and both envelopes are on (no user value is ever
+    /// stored in cleartext, in the store or in the Raft log), then always wrapped in
+    /// a raft envelope.
     fn encode(&self, request: &KvRequest) -> Result<Vec<u8>, ApiError> {
         let internal = |e: &dyn std::error::Error| {
             ApiError::Internal(format!("encode request: {}", crate::error_chain(e)))
@@ -81,15 +81,14 @@ impl NodeBackend {
                 "this node's key epochs are being registered through raft".to_string(),
             ));
         }
-        if !keyring.storage_envelope_active() {
+        // Both envelopes must be on: a write taken with only the storage envelope
+        // would sit in the Raft log in cleartext.
+        if !keyring.storage_envelope_active() || keyring.raft_envelope_cutover_index() == 0 {
             return Err(ApiError::NotReady(
-                "encryption is enabled and the storage envelope is not on yet (a new cluster \
-                 turns it on by itself; an existing one needs `sealkv encryption bootstrap`)"
+                "encryption is enabled and its envelopes are not both on yet (a new cluster \
+                 turns them on by itself; an existing one needs `sealkv encryption bootstrap`)"
                     .to_string(),
             ));
-        }
-        if keyring.raft_envelope_cutover_index() == 0 {
-            return request.to_entry().map_err(|e| internal(&e));
         }
         request.to_wrapped_entry(keyring).map_err(|e| internal(&e))
     }
@@ -134,25 +133,11 @@ fn read_error(e: ReadError) -> ApiError {
 
 impl Backend for NodeBackend {
     async fn write(&self, request: KvRequest) -> Result<Vec<Reply>, ApiError> {
-        // An entry proposed just before this node applied the raft envelope cutover
-        // is refused by every replica with ERR_NOT_WRAPPED; it is retried once,
-        // wrapped.
-        for attempt in 0..2 {
-            let data = self.encode(&request)?;
-            let replies = match self.raft.propose(data).await.map_err(api_error)? {
-                Outcome::Kv(replies) => replies,
-                other => return Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
-            };
-            let refused = replies
-                .iter()
-                .all(|r| matches!(r, Reply::Error(e) if e == ERR_NOT_WRAPPED));
-            if !(refused && attempt == 0) {
-                return Ok(replies);
-            }
+        let data = self.encode(&request)?;
+        match self.raft.propose(data).await.map_err(api_error)? {
+            Outcome::Kv(replies) => Ok(replies),
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
         }
-        Err(ApiError::NotReady(
-            "the raft envelope cutover is being applied; retry".to_string(),
-        ))
     }
 
     async fn read(

@@ -24,9 +24,9 @@
 //! missing, in order: this node's pending registrations; on the leader of a cluster
 //! with encryption enabled that holds no user data yet, the bootstrap (two fresh
 //! DEKs wrapped under the KEK, a registration row for every voter and learner),
-//! then the storage and the Raft envelope switches. Writes are refused until the
-//! storage envelope is on, so a fresh encrypted cluster never stores a user value
-//! in cleartext.
+//! then the storage and the Raft envelope switches, back to back. Writes are
+//! refused until both envelopes are on, so a fresh encrypted cluster never stores a
+//! user value in cleartext, in the store or in the Raft log.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -633,27 +633,44 @@ pub async fn maintain(
         if status.role != Role::Leader {
             continue;
         }
-        let keyring = &control.keyring;
-        let step = if !keyring.is_bootstrapped() {
-            if (control.has_user_data)() {
-                continue;
+        // The steps run back to back, each once the one before has applied.
+        while let Some(step) = next_step(&control) {
+            let result = match step {
+                Step::Bootstrap => control.bootstrap().await,
+                Step::Storage => control.enable(EnvelopeSwitch::Storage).await,
+                Step::Raft => control.enable(EnvelopeSwitch::Raft).await,
+            };
+            match result {
+                Ok(outcome) => tracing::info!(?outcome, "encryption: {step:?}"),
+                Err(e) => {
+                    tracing::warn!("encryption: {step:?}: {e}");
+                    break;
+                }
             }
-            "bootstrap"
-        } else if !keyring.storage_envelope_active() {
-            "enable the storage envelope"
-        } else if keyring.raft_envelope_cutover_index() == 0 {
-            "enable the raft envelope"
-        } else {
-            continue;
-        };
-        let result = match step {
-            "bootstrap" => control.bootstrap().await,
-            "enable the storage envelope" => control.enable(EnvelopeSwitch::Storage).await,
-            _ => control.enable(EnvelopeSwitch::Raft).await,
-        };
-        match result {
-            Ok(outcome) => tracing::info!(?outcome, "encryption: {step}"),
-            Err(e) => tracing::warn!("encryption: {step}: {e}"),
         }
+    }
+}
+
+/// What the leader still has to propose to turn encryption on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Bootstrap the keys (only on a cluster without user data).
+    Bootstrap,
+    /// Turn the storage envelope on.
+    Storage,
+    /// Turn the Raft envelope on.
+    Raft,
+}
+
+fn next_step(control: &Control) -> Option<Step> {
+    let keyring = &control.keyring;
+    if !keyring.is_bootstrapped() {
+        (!(control.has_user_data)()).then_some(Step::Bootstrap)
+    } else if !keyring.storage_envelope_active() {
+        Some(Step::Storage)
+    } else if keyring.raft_envelope_cutover_index() == 0 {
+        Some(Step::Raft)
+    } else {
+        None
     }
 }

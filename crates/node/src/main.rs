@@ -220,7 +220,7 @@ struct StartArgs {
     /// Encrypt every stored value and Raft payload. Needs a KEK (--kek-file, or the
     /// base64 key in SEALKV_KEK_BASE64, which is removed from the environment once
     /// read). A new cluster bootstraps its keys by itself; writes wait until the
-    /// storage envelope is on.
+    /// storage and Raft envelopes are on.
     #[arg(long, env = "SEALKV_ENCRYPTION_ENABLED")]
     encryption_enabled: bool,
     /// The KEK: a regular file of 32 raw bytes with owner-only permissions, outside

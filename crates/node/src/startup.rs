@@ -145,14 +145,7 @@ impl Opened {
         let fsm = KvFsm::new(as_kv)
             .context("build state machine")?
             .with_encryption(applier);
-        // A snapshot installed just before a crash may carry keys the sidecar
-        // does not have yet.
-        if fsm
-            .adopt_snapshot_keys()
-            .context("adopt the encryption keys of the installed snapshot")?
-        {
-            tracing::info!("adopted the encryption keys of the installed snapshot");
-        }
+
         tracing::info!(
             step = 4,
             applied_index = fsm.applied_index(),
@@ -209,13 +202,19 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
     {
         fsm.reload_applied_index()
             .context("reload the applied index after the snapshot")?;
-        fsm.adopt_snapshot_keys()
-            .context("adopt the encryption keys of the installed snapshot")?;
         tracing::info!("finished installing a snapshot received before a crash");
     }
     if let Some(opened) = &keyring {
         encryption::check_sidecar_against_log(&opened.keyring, &log, fsm.applied_index())
             .context("open raft log")?;
+        // A snapshot installed just before a crash may carry keys the sidecar does
+        // not have yet; the log no longer holds the entries that installed them.
+        if fsm
+            .adopt_snapshot_keys()
+            .context("adopt the encryption keys of the installed snapshot")?
+        {
+            tracing::info!("adopted the encryption keys of the installed snapshot");
+        }
     }
     let mut peers =
         PeerBook::load(&PeerBook::path_in(&config.data_dir)).context("load peers file")?;

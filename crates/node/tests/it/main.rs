@@ -4,5 +4,6 @@
 
 mod cli;
 mod cluster;
+mod encryption;
 mod resp;
 mod support;

@@ -94,6 +94,11 @@ impl Node {
         }
     }
 
+    /// Replaces the extra flags the next [`start`](Self::start) passes.
+    pub fn set_flags(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
     /// Starts the process with `--peers peers` (empty for none) and any extra flags.
     pub fn start(&mut self, peers: &str) {
         assert!(self.child.is_none(), "node {} already running", self.id);
@@ -254,7 +259,12 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes with `extra` flags and waits for a leader.
     pub fn start(n: u64, extra: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Cluster::start_in(tempfile::tempdir().expect("tempdir"), n, extra)
+    }
+
+    /// Starts `n` nodes in `dir` (which may already hold files the flags name, such
+    /// as a KEK) with `extra` flags, and waits for a leader.
+    pub fn start_in(dir: tempfile::TempDir, n: u64, extra: &[&str]) -> Cluster {
         let mut nodes: Vec<Node> = (1..=n).map(|id| Node::new(dir.path(), id, extra)).collect();
         let peers = nodes
             .iter()

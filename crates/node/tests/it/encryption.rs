@@ -1,0 +1,838 @@
+//! Encryption at rest with real `sealkv` processes: no user value reaches the disk in
+//! cleartext (values, Raft log, WAL, sidecar), key rotations survive a full restart,
+//! every startup guard refuses with its own message, a cleartext node is moved to
+//! encryption by an operator, the admin verbs need encryption, a tampered value is
+//! an integrity error that is counted, and a learner gets the keys with a snapshot.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use redis::{Commands, RedisResult};
+use sealkv_store::{KvStore, RocksStore, RocksStoreOptions, WriteBatch};
+use serde_json::Value;
+
+use crate::support::*;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Values written in the first phase of the cleartext scan, and after the rotations.
+const FIRST: usize = 3000;
+const SECOND: usize = 1000;
+
+/// Filler that makes each marked value long enough for the files to grow.
+const FILLER: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+/// A prefix no earlier run left anywhere: `sealkv-marker-<random hex>-`.
+fn marker_prefix() -> String {
+    let random = RandomState::new().hash_one(Instant::now());
+    format!("sealkv-marker-{random:016x}-")
+}
+
+fn marked_key(i: usize) -> String {
+    format!("enc:{i}")
+}
+
+fn marked_value(prefix: &str, i: usize) -> String {
+    format!("{prefix}{i}-{FILLER}")
+}
+
+fn path_arg(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// `sealkv kek generate PATH`, which must succeed.
+fn generate_kek(path: &Path) {
+    let (ok, out, err) = run(sealkv().args(["kek", "generate"]).arg(path));
+    assert!(ok, "kek generate: {out}{err}");
+}
+
+/// The flags of an encrypted node whose KEK is the file `kek`.
+fn encrypted_flags(kek: &Path) -> Vec<&str> {
+    vec!["--encryption-enabled", "--kek-file", path_arg(kek)]
+}
+
+/// `sealkv encryption status --json` of a node.
+fn encryption_status(node: &Node) -> Value {
+    let (ok, out, err) = run(sealkv().args([
+        "encryption",
+        "status",
+        "--json",
+        "--admin-addr",
+        &node.admin,
+    ]));
+    assert!(ok, "encryption status of node {}: {out}{err}", node.id);
+    serde_json::from_str(&out).expect("encryption status JSON")
+}
+
+/// Waits until the node shows its keys bootstrapped and both envelopes on.
+fn encryption_on(node: &Node) -> Value {
+    eventually(&format!("encryption on at node {}", node.id), LONG, || {
+        let s = encryption_status(node);
+        let on = s["bootstrapped"] == true
+            && s["storage_envelope"] == true
+            && s["raft_envelope_cutover_index"].as_u64() > Some(0);
+        on.then_some(s)
+    })
+}
+
+/// The local epoch of `key_id` in an encryption status.
+fn local_epoch(status: &Value, key_id: u64) -> u64 {
+    status["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["key_id"].as_u64() == Some(key_id))
+        .and_then(|k| k["local_epoch"].as_u64())
+        .unwrap_or_else(|| panic!("key {key_id} missing: {status}"))
+}
+
+/// Whether the writer registry in `status` (of node `node_id`) records, for each
+/// active key, the node's current local epoch: its registration went through Raft.
+fn epochs_registered(status: &Value, node_id: u64) -> bool {
+    let rows: Vec<&Value> = status["registry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let keys = status["keys"].as_array().into_iter().flatten();
+    keys.filter(|k| k["active"] == true).all(|k| {
+        rows.iter().any(|r| {
+            r["dek_id"] == k["key_id"]
+                && r["full_node_id"].as_u64() == Some(node_id)
+                && r["last_seen_local_epoch"] == k["local_epoch"]
+        })
+    })
+}
+
+/// `sealkv encryption rotate-dek --purpose PURPOSE`, which must succeed.
+fn rotate(node: &Node, purpose: &str) {
+    let (ok, out, err) = run(sealkv().args([
+        "encryption",
+        "rotate-dek",
+        "--purpose",
+        purpose,
+        "--admin-addr",
+        &node.admin,
+    ]));
+    assert!(ok, "rotate-dek --purpose {purpose}: {out}{err}");
+}
+
+/// A SET retried until the node accepts it (TRYAGAIN while an election runs or the
+/// keys and envelopes are not on yet).
+fn set_eventually(node: &Node, key: &str, value: &str) {
+    eventually(&format!("SET {key} through node {}", node.id), LONG, || {
+        let r: RedisResult<()> = node.try_redis()?.set(key, value);
+        r.ok()
+    });
+}
+
+/// Writes the marked values `range` through `node`, pipelined.
+fn write_marked(node: &Node, prefix: &str, range: std::ops::Range<usize>) {
+    let mut conn = node.redis();
+    let indexes: Vec<usize> = range.collect();
+    for chunk in indexes.chunks(250) {
+        let mut pipe = redis::pipe();
+        for &i in chunk {
+            pipe.set(marked_key(i), marked_value(prefix, i)).ignore();
+        }
+        let r: RedisResult<()> = pipe.query(&mut conn);
+        r.unwrap_or_else(|e| panic!("pipelined SET through node {}: {e}", node.id));
+    }
+}
+
+/// Reads the marked values `indexes` through `node`, pipelined, and checks each.
+fn read_marked(node: &Node, prefix: &str, indexes: &[usize]) {
+    let mut conn = node.redis();
+    for chunk in indexes.chunks(250) {
+        let mut pipe = redis::pipe();
+        for &i in chunk {
+            pipe.get(marked_key(i));
+        }
+        let got: Vec<Option<String>> = pipe
+            .query(&mut conn)
+            .unwrap_or_else(|e| panic!("pipelined GET through node {}: {e}", node.id));
+        for (&i, value) in chunk.iter().zip(got) {
+            assert_eq!(
+                value.as_deref(),
+                Some(marked_value(prefix, i).as_str()),
+                "{} through node {}",
+                marked_key(i),
+                node.id
+            );
+        }
+    }
+}
+
+/// What a scan of a directory tree for a byte string found.
+#[derive(Debug, Default)]
+struct Scan {
+    files: usize,
+    bytes: u64,
+    ssts: usize,
+    sidecars: usize,
+    /// Each file holding the needle: how often, and what follows its first three
+    /// occurrences.
+    hits: Vec<Hit>,
+}
+
+/// A file that holds the needle.
+#[derive(Debug)]
+#[allow(dead_code)] // read through `Debug` in failure messages
+struct Hit {
+    path: PathBuf,
+    count: usize,
+    first: Vec<String>,
+}
+
+impl Scan {
+    /// Reads every file under `dir` (recursively) and records those that contain
+    /// `needle`.
+    fn add(&mut self, dir: &Path, needle: &[u8]) {
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("dir entry").path();
+            let meta = std::fs::symlink_metadata(&path).expect("metadata");
+            if meta.is_dir() {
+                self.add(&path, needle);
+                continue;
+            }
+            if !meta.is_file() {
+                continue;
+            }
+            let bytes = std::fs::read(&path).expect("read file");
+            self.files += 1;
+            self.bytes += bytes.len() as u64;
+            if path.extension().is_some_and(|e| e == "sst") {
+                self.ssts += 1;
+            }
+            if path.file_name().is_some_and(|n| n == "keys.json") {
+                self.sidecars += 1;
+            }
+            let at: Vec<usize> = bytes
+                .windows(needle.len())
+                .enumerate()
+                .filter_map(|(i, w)| (w == needle).then_some(i + needle.len()))
+                .collect();
+            if !at.is_empty() {
+                let first = at
+                    .iter()
+                    .take(3)
+                    .map(|&i| String::from_utf8_lossy(&bytes[i..(i + 8).min(bytes.len())]).into())
+                    .collect();
+                self.hits.push(Hit {
+                    path,
+                    count: at.len(),
+                    first,
+                });
+            }
+        }
+    }
+
+    fn of(dirs: &[&Path], needle: &[u8]) -> Scan {
+        let mut scan = Scan::default();
+        for dir in dirs {
+            scan.add(dir, needle);
+        }
+        scan
+    }
+}
+
+/// Flushes the memtables of a stopped node's RocksDB into SST files.
+fn flush_store(node: &Node) {
+    let store = RocksStore::open(node.data_dir.join("db"), RocksStoreOptions::default())
+        .expect("open store");
+    store.flush().expect("flush");
+}
+
+/// A cluster with encryption keeps no user value in cleartext anywhere in its data
+/// dirs, across writes, both key rotations and a full restart; every value reads
+/// back after it.
+#[test]
+fn encrypted_cluster_stores_no_cleartext() {
+    let _serial = serial();
+
+    // The scan finds a marked value on a node without encryption.
+    let control_prefix = marker_prefix();
+    {
+        let mut plain = Cluster::start(1, &[]);
+        set_eventually(&plain.nodes[0], "plain", &marked_value(&control_prefix, 0));
+        assert!(plain.node(1).terminate().success());
+        let scan = Scan::of(&[&plain.nodes[0].data_dir], control_prefix.as_bytes());
+        assert!(
+            !scan.hits.is_empty(),
+            "the scan missed a cleartext value: {scan:?}"
+        );
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek");
+    generate_kek(&kek);
+    let prefix = marker_prefix();
+    let mut c = Cluster::start_in(dir, 3, &encrypted_flags(&kek));
+
+    // The first write is accepted once the keys and the storage envelope are on.
+    let leader = c.leader();
+    set_eventually(
+        c.node(leader),
+        "enc:first",
+        &marked_value(&prefix, usize::MAX),
+    );
+    write_marked(c.node(leader), &prefix, 0..FIRST);
+    let follower = c.other_than(leader);
+    let sample: Vec<usize> = (0..FIRST).step_by(97).collect();
+    read_marked(c.node(follower), &prefix, &sample);
+    let bootstrapped = encryption_on(c.node(leader));
+    let storage_key = bootstrapped["active_storage_key"]
+        .as_u64()
+        .expect("storage key");
+    let raft_key = bootstrapped["active_raft_key"].as_u64().expect("raft key");
+
+    // Rotate both keys through a follower's admin endpoint.
+    rotate(c.node(follower), "storage");
+    rotate(c.node(follower), "raft");
+    let rotated = encryption_status(c.node(follower));
+    let new_storage = rotated["active_storage_key"].as_u64().expect("storage key");
+    let new_raft = rotated["active_raft_key"].as_u64().expect("raft key");
+    assert!(new_storage > storage_key.max(raft_key), "{rotated}");
+    assert!(new_raft > new_storage, "{rotated}");
+    write_marked(c.node(follower), &prefix, FIRST..FIRST + SECOND);
+
+    // Every node is on the rotated keys and registered for them before it stops.
+    let mut epochs = Vec::new();
+    for node in &c.nodes {
+        let s = eventually(
+            &format!("node {} registered for the rotated keys", node.id),
+            LONG,
+            || {
+                let s = encryption_status(node);
+                let ready = s["active_storage_key"].as_u64() == Some(new_storage)
+                    && s["active_raft_key"].as_u64() == Some(new_raft)
+                    && epochs_registered(&s, node.id);
+                ready.then_some(s)
+            },
+        );
+        epochs.push((local_epoch(&s, new_storage), local_epoch(&s, new_raft)));
+    }
+
+    for id in 1..=3 {
+        let node = c.node(id);
+        assert!(node.terminate().success(), "{}", node.log_text());
+    }
+    let data_dirs: Vec<PathBuf> = c.nodes.iter().map(|n| n.data_dir.clone()).collect();
+    let dirs: Vec<&Path> = data_dirs.iter().map(PathBuf::as_path).collect();
+    let scan = Scan::of(&dirs, prefix.as_bytes());
+    assert!(
+        scan.hits.is_empty(),
+        "cleartext after the first stop: {:?}",
+        scan.hits
+    );
+
+    // A full restart replays the WAL into SSTs; every value reads back, each through
+    // a different node.
+    let peers = c.peers.clone();
+    for id in 1..=3 {
+        c.node(id).start(&peers);
+    }
+    c.leader();
+    for (n, node) in c.nodes.iter().enumerate() {
+        let mine: Vec<usize> = (0..FIRST + SECOND).filter(|i| i % 3 == n).collect();
+        eventually(&format!("node {} serving reads", node.id), LONG, || {
+            let r: RedisResult<Option<String>> = node.try_redis()?.get("enc:first");
+            r.ok().flatten()
+        });
+        read_marked(node, &prefix, &mine);
+    }
+    let got: String = c.nodes[0].redis().get("enc:first").expect("GET");
+    assert_eq!(got, marked_value(&prefix, usize::MAX));
+
+    // The rotated keys are still the active ones, under a new epoch on every node.
+    for (node, (storage_epoch, raft_epoch)) in c.nodes.iter().zip(&epochs) {
+        let s = encryption_status(node);
+        assert_eq!(s["active_storage_key"].as_u64(), Some(new_storage), "{s}");
+        assert_eq!(s["active_raft_key"].as_u64(), Some(new_raft), "{s}");
+        assert!(local_epoch(&s, new_storage) > *storage_epoch, "{s}");
+        assert!(local_epoch(&s, new_raft) > *raft_epoch, "{s}");
+    }
+
+    for id in 1..=3 {
+        let node = c.node(id);
+        assert!(node.terminate().success(), "{}", node.log_text());
+    }
+    for node in &c.nodes {
+        flush_store(node);
+    }
+    let scan = Scan::of(&dirs, prefix.as_bytes());
+    assert!(scan.hits.is_empty(), "cleartext in {:?}", scan.hits);
+    assert!(scan.ssts >= 3, "no SST files were scanned: {scan:?}");
+    assert_eq!(scan.sidecars, 3, "{scan:?}");
+    assert!(scan.bytes > 100 * 1024, "too little was scanned: {scan:?}");
+    // Nor does any node log a value.
+    for node in &c.nodes {
+        assert!(
+            !node.log_text().contains(&prefix),
+            "node {} logged a value",
+            node.id
+        );
+    }
+}
+
+/// Runs `sealkv start` for `node`'s data dir and addresses with `flags`, expects it
+/// to refuse with `words` on the last line of its stderr, and returns that line.
+fn start_refused(node: &Node, flags: &[&str], kek_base64: Option<&str>, words: &str) -> String {
+    let mut cmd = sealkv();
+    cmd.args(["start", "--id", &node.id.to_string(), "--data-dir"])
+        .arg(&node.data_dir)
+        .args(["--raft-addr", &node.raft, "--redis-addr", &node.redis])
+        .args(["--admin-addr", &node.admin, "--tick-ms", "50"])
+        .args(flags);
+    if let Some(kek) = kek_base64 {
+        cmd.env("SEALKV_KEK_BASE64", kek);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sealkv");
+    let deadline = Instant::now() + LONG;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            panic!("sealkv start {flags:?} did not refuse ({words:?} expected):\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert!(
+        !status.success(),
+        "sealkv start {flags:?} succeeded: {stderr}"
+    );
+    let last = stderr
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no error line: {stderr}"))
+        .to_string();
+    assert!(last.contains(words), "expected {words:?} in: {stderr}");
+    last
+}
+
+/// Writes a sidecar document with the sidecar's mode.
+fn write_sidecar(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).expect("write sidecar");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+/// `doc` with `edit` applied to the JSON.
+fn edited(doc: &[u8], edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut json: Value = serde_json::from_slice(doc).expect("sidecar JSON");
+    edit(&mut json);
+    serde_json::to_vec_pretty(&json).expect("encode sidecar")
+}
+
+/// Standard padded base64 (for `SEALKV_KEK_BASE64`).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Each startup guard refuses with its own message, against a real data dir, and
+/// none of them damages it: the node starts afterwards and serves its data.
+#[test]
+fn startup_guards_refuse_with_their_own_message() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek");
+    let other_kek = dir.path().join("other-kek");
+    generate_kek(&kek);
+    generate_kek(&other_kek);
+    let flags = encrypted_flags(&kek);
+    let mut node = Node::new(dir.path(), 1, &flags);
+    let sidecar = node.data_dir.join("encryption").join("keys.json");
+
+    node.start("");
+    encryption_on(&node);
+    set_eventually(&node, "guarded", "value-1");
+    let before = std::fs::read(&sidecar).expect("read sidecar");
+    assert!(node.terminate().success(), "{}", node.log_text());
+
+    // A second load raises the epochs and registers them past `before`'s; then the
+    // storage key is rotated.
+    node.start("");
+    eventually("the epochs of this load registered", LONG, || {
+        epochs_registered(&encryption_status(&node), node.id).then_some(())
+    });
+    rotate(&node, "storage");
+    assert!(node.terminate().success(), "{}", node.log_text());
+    let current = std::fs::read(&sidecar).expect("read sidecar");
+
+    let refusal = |sidecar_doc: &[u8], flags: &[&str], env: Option<&str>, words: &str| {
+        write_sidecar(&sidecar, sidecar_doc);
+        start_refused(&node, flags, env, words)
+    };
+
+    // Each refusal, with the real sidecar (or a copy made from it) in place.
+    refusal(&current, &[], None, "exists but encryption is not enabled");
+    refusal(
+        &current,
+        &["--encryption-enabled"],
+        None,
+        "no KEK is configured",
+    );
+    refusal(
+        &current,
+        &["--encryption-enabled", "--kek-file", path_arg(&other_kek)],
+        None,
+        "does not unwrap key",
+    );
+
+    let inside = node.data_dir.join("kek");
+    generate_kek(&inside);
+    let line = refusal(
+        &current,
+        &["--encryption-enabled", "--kek-file", path_arg(&inside)],
+        None,
+        "inside --data-dir",
+    );
+    assert!(line.contains("--kek-file"), "{line}");
+    std::fs::remove_file(&inside).expect("remove KEK");
+
+    let kek_base64 = base64(&std::fs::read(&kek).expect("read KEK"));
+    refusal(&current, &flags, Some(&kek_base64), "one way only");
+
+    let exhausted = edited(&current, |doc| {
+        let active = doc["active"]["storage"].as_u64().expect("active storage");
+        doc["keys"][active.to_string()]["local_epoch"] = 65535.into();
+    });
+    refusal(&exhausted, &flags, None, "is exhausted");
+
+    // The sidecar of the first load: its epochs are not above the second load's
+    // registrations.
+    refusal(
+        &before,
+        &flags,
+        None,
+        "not above the writer registry's record",
+    );
+
+    // The same, with epochs past the registry: it still misses the rotation the
+    // state machine applied.
+
+    let ahead_of_registry = edited(&before, |doc| {
+        for key in doc["keys"].as_object_mut().expect("keys").values_mut() {
+            let epoch = key["local_epoch"].as_u64().expect("local_epoch");
+            key["local_epoch"] = (epoch + 100).into();
+        }
+    });
+    refusal(
+        &ahead_of_registry,
+        &flags,
+        None,
+        "applied an encryption entry",
+    );
+
+    // A sidecar directory on a filesystem that cannot fsync a directory: procfs
+    // answers EINVAL.
+    let sidecar_dir = node.data_dir.join("encryption");
+    let aside = node.data_dir.join("encryption.aside");
+    std::fs::rename(&sidecar_dir, &aside).expect("move the sidecar dir aside");
+    std::os::unix::fs::symlink("/proc/self/fdinfo", &sidecar_dir).expect("symlink");
+    let line = start_refused(&node, &flags, None, "cannot be fsynced");
+    assert!(line.contains("--data-dir"), "{line}");
+    std::fs::remove_file(&sidecar_dir).expect("remove the symlink");
+    std::fs::rename(&aside, &sidecar_dir).expect("put the sidecar dir back");
+
+    // The real sidecar back: the node starts and serves its data.
+    write_sidecar(&sidecar, &current);
+    node.start("");
+    let got = eventually("GET guarded after the refusals", LONG, || {
+        let r: RedisResult<Option<String>> = node.try_redis()?.get("guarded");
+        r.ok().flatten()
+    });
+    assert_eq!(got, "value-1");
+    set_eventually(&node, "after-guards", "value-2");
+    let s = encryption_status(&node);
+    assert_eq!(
+        s["active_storage_key"],
+        serde_json::from_slice::<Value>(&current).expect("sidecar")["active"]["storage"],
+        "{s}"
+    );
+}
+
+/// A node with cleartext data does not bootstrap by itself when encryption is turned
+/// on; an operator bootstraps it, after which writes are sealed and old values still
+/// read.
+#[test]
+fn cleartext_node_moves_to_encryption() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek");
+    generate_kek(&kek);
+    let mut node = Node::new(dir.path(), 1, &[]);
+    node.start("");
+    for i in 0..20 {
+        set_eventually(&node, &format!("old{i}"), &format!("clear-{i}"));
+    }
+    assert!(node.terminate().success(), "{}", node.log_text());
+
+    node.set_flags(&encrypted_flags(&kek));
+    node.start("");
+    eventually("a leader", LONG, || {
+        (node.status()?["role"] == "leader").then_some(())
+    });
+    // Old values read; writes are refused until the keys are bootstrapped.
+    for i in 0..20 {
+        let got = eventually(&format!("GET old{i}"), LONG, || {
+            let r: RedisResult<Option<String>> = node.try_redis()?.get(format!("old{i}"));
+            r.ok().flatten()
+        });
+        assert_eq!(got, format!("clear-{i}"));
+    }
+    // Give the encryption task a few rounds in which it must not bootstrap.
+    std::thread::sleep(Duration::from_secs(2));
+    let err = node
+        .redis()
+        .set::<_, _, ()>("new", "sealed")
+        .expect_err("a write before the bootstrap");
+    assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
+    assert!(
+        err.to_string().contains("sealkv encryption bootstrap"),
+        "{err}"
+    );
+    let s = encryption_status(&node);
+    assert_eq!(s["enabled"], true, "{s}");
+    assert_eq!(s["bootstrapped"], false, "{s}");
+    assert_eq!(s["storage_envelope"], false, "{s}");
+
+    let (ok, out, err) =
+        run(sealkv().args(["encryption", "bootstrap", "--admin-addr", &node.admin]));
+    assert!(ok, "encryption bootstrap: {out}{err}");
+    set_eventually(&node, "new", "sealed");
+    let s = encryption_on(&node);
+    assert!(s["active_storage_key"].as_u64() > Some(0), "{s}");
+    assert!(s["active_raft_key"].as_u64() > Some(0), "{s}");
+
+    let mut r = node.redis();
+    for i in 0..20 {
+        let got: String = r.get(format!("old{i}")).expect("GET old");
+        assert_eq!(got, format!("clear-{i}"));
+    }
+    let got: String = r.get("new").expect("GET new");
+    assert_eq!(got, "sealed");
+    let _: () = r.set("newer", "sealed too").expect("SET newer");
+    let got: String = r.get("newer").expect("GET newer");
+    assert_eq!(got, "sealed too");
+}
+
+/// Without encryption the mutating encryption verbs are refused as a failed
+/// precondition, status says so, and `kek generate` never overwrites a key.
+#[test]
+fn encryption_admin_needs_encryption_enabled() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = Node::new(dir.path(), 1, &[]);
+    node.start("");
+
+    for verb in [
+        &["bootstrap"][..],
+        &["rotate-dek", "--purpose", "storage"][..],
+        &["rotate-dek", "--purpose", "raft"][..],
+        &["register-writer"][..],
+        &["enable-envelope", "--envelope", "storage"][..],
+    ] {
+        let (ok, out, err) = run(sealkv()
+            .arg("encryption")
+            .args(verb)
+            .args(["--admin-addr", &node.admin]));
+        assert!(!ok, "encryption {verb:?} succeeded: {out}");
+        let last = err.lines().last().expect("an error line");
+        assert!(last.contains("412"), "{verb:?}: {err}");
+        assert!(last.contains("precondition failed"), "{verb:?}: {err}");
+    }
+    let (ok, out, err) = run(sealkv().args(["encryption", "status", "--admin-addr", &node.admin]));
+    assert!(ok, "{err}");
+    assert!(out.contains("encryption disabled"), "{out}");
+    let s = encryption_status(&node);
+    assert_eq!(s["enabled"], false, "{s}");
+    // Nothing was bootstrapped behind the refusals.
+    assert!(!node.data_dir.join("encryption").join("keys.json").exists());
+
+    let kek = dir.path().join("kek");
+    generate_kek(&kek);
+    let key = std::fs::read(&kek).expect("read KEK");
+    assert_eq!(key.len(), 32);
+    let (ok, _, err) = run(sealkv().args(["kek", "generate"]).arg(&kek));
+    assert!(!ok);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read(&kek).expect("read KEK"), key);
+    let mode = std::fs::metadata(&kek)
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+}
+
+/// A stored ciphertext with one flipped byte reads as an integrity error, never as
+/// other bytes, and is counted by reason.
+#[test]
+fn tampered_value_is_an_integrity_error_and_counted() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek");
+    generate_kek(&kek);
+    let mut node = Node::new(dir.path(), 1, &encrypted_flags(&kek));
+    node.start("");
+    encryption_on(&node);
+    set_eventually(&node, "tampered", "a value worth protecting");
+    set_eventually(&node, "intact", "left alone");
+    assert!(node.terminate().success(), "{}", node.log_text());
+
+    {
+        let store = RocksStore::open(node.data_dir.join("db"), RocksStoreOptions::default())
+            .expect("open store");
+        let v = store
+            .get_at(b"tampered", u64::MAX)
+            .expect("get")
+            .expect("present");
+        let mut value = v.value;
+        let byte = value.body.len() - 20;
+        value.body[byte] ^= 0x01;
+        let mut batch = WriteBatch::new();
+        batch
+            .put(b"tampered", v.commit_version, value)
+            .expect("put");
+        batch.set_applied_index(store.applied_index().expect("applied"));
+        store.commit(batch).expect("commit");
+    }
+
+    node.start("");
+    let got = eventually("GET intact", LONG, || {
+        let r: RedisResult<Option<String>> = node.try_redis()?.get("intact");
+        r.ok().flatten()
+    });
+    assert_eq!(got, "left alone");
+    let err = node
+        .redis()
+        .get::<_, Option<String>>("tampered")
+        .expect_err("a tampered value");
+    assert_eq!(err.code(), Some("INTEGRITY"), "{err}");
+    let metrics = node.metrics();
+    assert!(
+        metrics.contains("sealkv_decrypt_failures_total{reason=\"integrity\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// `key` as `node` has applied it (a stale read), once it equals `value`.
+fn converges_stale(node: &Node, key: &str, value: &str) {
+    eventually(&format!("node {} to apply {key}", node.id), LONG, || {
+        let mut conn = node.try_redis()?;
+        redis::cmd("READONLY").query::<()>(&mut conn).ok()?;
+        let got: Option<String> = conn.get(key).ok()?;
+        (got.as_deref() == Some(value)).then_some(())
+    });
+}
+
+/// A learner added to an encrypted cluster after the log was compacted catches up
+/// by snapshot, gets the wrapped keys with it, opens the values it holds and seals
+/// the writes that follow; an id sharing its low 16 bits with a member is refused.
+#[test]
+fn a_learner_gets_the_keys_with_a_snapshot() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek");
+    generate_kek(&kek);
+    let mut flags = encrypted_flags(&kek);
+    flags.extend(["--compact-threshold", "20", "--compact-keep", "2"]);
+    let mut c = Cluster::start_in(dir, 3, &flags);
+    let leader = c.leader();
+    set_eventually(c.node(leader), "seed", "first");
+    let prefix = marker_prefix();
+    write_marked(c.node(leader), &prefix, 0..200);
+    let first = c.node(leader).status().expect("status")["first_index"]
+        .as_u64()
+        .expect("first_index");
+    assert!(first > 20, "the leader did not compact its log: {first}");
+
+    // 65537 shares its low 16 bits with node 1: its nonces could collide.
+    let admin = c.node(leader).admin.clone();
+    let (ok, _, err) = run(sealkv().args([
+        "cluster",
+        "add-learner",
+        "--id",
+        "65537",
+        "--raft-addr",
+        "127.0.0.1:1",
+        "--admin-addr",
+        &admin,
+    ]));
+    assert!(!ok);
+    assert!(err.contains("low 16 bits"), "{err}");
+
+    let kek = c.dir.path().join("kek");
+    let mut learner_flags = vec!["--join"];
+    learner_flags.extend(encrypted_flags(&kek));
+    let mut learner = Node::new(c.dir.path(), 4, &learner_flags);
+    learner.start(&format!("{},4={}", c.peers, learner.raft));
+    let (ok, out, err) = run(sealkv().args([
+        "cluster",
+        "add-learner",
+        "--id",
+        "4",
+        "--raft-addr",
+        &learner.raft,
+        "--admin-addr",
+        &admin,
+    ]));
+    assert!(ok, "add-learner: {out}{err}");
+    converges_stale(&learner, &marked_key(199), &marked_value(&prefix, 199));
+    converges_stale(&learner, "seed", "first");
+    assert!(
+        learner
+            .metrics()
+            .contains("sealkv_snapshots_installed_total 1"),
+        "the learner did not catch up by snapshot"
+    );
+    let status = encryption_status(&learner);
+    assert_eq!(status["bootstrapped"], Value::Bool(true), "{status}");
+    assert_eq!(status["storage_envelope"], Value::Bool(true), "{status}");
+    // It seals what it applies after the snapshot, and registers its epochs.
+    set_eventually(c.node(leader), "later", "second");
+    converges_stale(&learner, "later", "second");
+    eventually("the learner's epochs registered", LONG, || {
+        epochs_registered(&encryption_status(&learner), 4).then_some(())
+    });
+}
