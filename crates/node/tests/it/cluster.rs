@@ -187,16 +187,7 @@ fn learner_joins_and_node_is_removed() {
     learner.start(&format!("{},4={}", c.peers, learner.raft));
 
     let admin = c.node(c.other_than(leader)).admin.clone();
-    let (ok, out, err) = run(sealkv().args([
-        "cluster",
-        "add-learner",
-        "--id",
-        "4",
-        "--raft-addr",
-        &learner.raft,
-        "--admin-addr",
-        &admin,
-    ]));
+    let (ok, out, err) = add_learner(&admin, &learner);
     assert!(ok, "add-learner: {out}{err}");
     assert!(out.contains("learners [4]"), "{out}");
     converges(&learner, "seed", "1");

@@ -807,16 +807,7 @@ fn a_learner_gets_the_keys_with_a_snapshot() {
     learner_flags.extend(encrypted_flags(&kek));
     let mut learner = Node::new(c.dir.path(), 4, &learner_flags);
     learner.start(&format!("{},4={}", c.peers, learner.raft));
-    let (ok, out, err) = run(sealkv().args([
-        "cluster",
-        "add-learner",
-        "--id",
-        "4",
-        "--raft-addr",
-        &learner.raft,
-        "--admin-addr",
-        &admin,
-    ]));
+    let (ok, out, err) = add_learner(&admin, &learner);
     assert!(ok, "add-learner: {out}{err}");
     converges_stale(&learner, &marked_key(199), &marked_value(&prefix, 199));
     converges_stale(&learner, "seed", "first");

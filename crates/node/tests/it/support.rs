@@ -313,3 +313,18 @@ impl Cluster {
             .expect("another running node")
     }
 }
+
+/// `sealkv cluster add-learner` of `node` through the admin endpoint `admin`:
+/// whether it succeeded, its stdout and its stderr.
+pub fn add_learner(admin: &str, node: &Node) -> (bool, String, String) {
+    run(sealkv().args([
+        "cluster",
+        "add-learner",
+        "--id",
+        &node.id.to_string(),
+        "--raft-addr",
+        &node.raft,
+        "--admin-addr",
+        admin,
+    ]))
+}
