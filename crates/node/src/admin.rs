@@ -35,7 +35,7 @@ use axum::{Json, Router};
 use raft::prelude::ConfChangeType;
 use serde::{Deserialize, Serialize};
 
-use sealkv_encryption::applier::{Applied, EnvelopeSwitch};
+use sealkv_encryption::applier::{Applied, EnvelopeSwitch, RegistrationOutcome};
 use sealkv_fsmwire::Purpose;
 use sealkv_kv::Outcome;
 
@@ -373,14 +373,55 @@ fn applied(result: Result<Outcome, ControlError>) -> Response {
         Ok(Outcome::Encryption(Applied::Rejected { reason })) => {
             error(StatusCode::CONFLICT, format!("refused: {reason}"))
         }
-        Ok(Outcome::Encryption(done)) => {
-            Json(serde_json::json!({ "applied": format!("{done:?}") })).into_response()
-        }
+        Ok(Outcome::Encryption(done)) => Json(describe(&done)).into_response(),
         Ok(other) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("unexpected outcome {other:?}"),
         ),
         Err(e) => control_error(&e),
+    }
+}
+
+/// What an applied encryption entry did, as JSON.
+fn describe(applied: &Applied) -> serde_json::Value {
+    use serde_json::json;
+    match applied {
+        Applied::Registration(outcome) => match outcome {
+            RegistrationOutcome::Inserted => {
+                json!({ "applied": "registration", "row": "inserted" })
+            }
+            RegistrationOutcome::Advanced { previous_last } => json!({
+                "applied": "registration",
+                "row": "advanced",
+                "previous_last_epoch": previous_last,
+            }),
+            RegistrationOutcome::Replayed => {
+                json!({ "applied": "registration", "row": "unchanged" })
+            }
+        },
+        Applied::Bootstrapped {
+            storage_key_id,
+            raft_key_id,
+        } => json!({
+            "applied": "bootstrap",
+            "storage_key_id": storage_key_id,
+            "raft_key_id": raft_key_id,
+        }),
+        Applied::Rotated { purpose, key_id } => json!({
+            "applied": "rotation",
+            "purpose": purpose.as_str(),
+            "key_id": key_id,
+        }),
+        Applied::EnvelopeEnabled {
+            switch,
+            raft_cutover_index,
+        } => json!({
+            "applied": "envelope",
+            "envelope": switch.to_string(),
+            "raft_cutover_index": raft_cutover_index,
+        }),
+        Applied::Replayed { opcode } => json!({ "applied": "replay", "opcode": opcode }),
+        Applied::Rejected { reason } => json!({ "refused": reason.to_string() }),
     }
 }
 

@@ -120,6 +120,8 @@ fn rotate(node: &Node, purpose: &str) {
         &node.admin,
     ]));
     assert!(ok, "rotate-dek --purpose {purpose}: {out}{err}");
+    assert!(out.contains(r#""applied":"rotation""#), "{out}");
+    assert!(out.contains(&format!(r#""purpose":"{purpose}""#)), "{out}");
 }
 
 /// A SET retried until the node accepts it (TRYAGAIN while an election runs or the
