@@ -395,17 +395,17 @@ pub fn bootstrap_entry(kek: &dyn KekProvider, members: &[u64]) -> Result<Vec<u8>
     ))
 }
 
-/// A `0x05` rotate-DEK entry proposed by `node_id`: a fresh key of `purpose` with
-/// the next unused id, and the proposer registered for it at epoch 1.
+/// A `0x05` rotate-DEK entry proposed by the keyring's node: a fresh key `key_id`
+/// of `purpose`, and the proposer registered for it at epoch 1.
 ///
 /// # Errors
 /// [`ControlError::Key`] or [`ControlError::Encode`].
 pub fn rotation_entry(
     kek: &dyn KekProvider,
     keyring: &Keyring,
+    key_id: u32,
     purpose: Purpose,
 ) -> Result<Vec<u8>, ControlError> {
-    let key_id = keyring.key_ids().into_iter().max().unwrap_or(0) + 1;
     let payload = RotationPayload {
         subtag: RotationSubtag::RotateDek,
         dek_id: key_id,
@@ -556,13 +556,35 @@ impl Control {
             .await
     }
 
-    /// Proposes a rotation of the `purpose` key.
+    /// Proposes a rotation of the `purpose` key to a new key with the next unused
+    /// id. Every other member is registered for the new key at epoch 0 (the epoch
+    /// it installs the key at) first, so that every replica is registered before
+    /// it seals under the key; the rotation entry registers this node.
     ///
     /// # Errors
     /// [`ControlError`].
     pub async fn rotate(&self, purpose: Purpose) -> Result<sealkv_kv::Outcome, ControlError> {
-        self.propose(rotation_entry(self.kek.as_ref(), &self.keyring, purpose)?)
-            .await
+        let key_id = self.keyring.key_ids().into_iter().max().unwrap_or(0) + 1;
+        let status = self.raft.status();
+        let me = self.keyring.node_id();
+        for &member in status.voters.iter().chain(&status.learners) {
+            if member == me {
+                continue;
+            }
+            let reg = RegistrationPayload {
+                dek_id: key_id,
+                full_node_id: member,
+                local_epoch: 0,
+            };
+            self.propose(registration_entry(&reg)).await?;
+        }
+        self.propose(rotation_entry(
+            self.kek.as_ref(),
+            &self.keyring,
+            key_id,
+            purpose,
+        )?)
+        .await
     }
 
     /// Proposes turning `switch` on.
