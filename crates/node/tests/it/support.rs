@@ -42,12 +42,26 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
-/// A free loopback port (bound, then released for the node to take).
+/// A free loopback port for a node to take: checked by binding it, then released.
+///
+/// Ports come from 20000..32000, below Linux's ephemeral range (32768 and up), so
+/// the source port of an outgoing connection (a client, a Raft dialer) can never
+/// take a port between its choice here and the node binding it. Each test process
+/// starts at its own offset and never hands out a port twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id().wrapping_mul(7919) % COUNT;
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(FIRST + (offset + n) % COUNT).expect("port fits");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT)
 }
 
 /// Waits until `f` returns `Some`, or panics with `what` after `timeout`.
