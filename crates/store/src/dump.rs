@@ -8,7 +8,7 @@
 //! 0            4         5
 //! +------------+---------+
 //! | magic      | version |
-//! | "SKVS"     | 0x01    |
+//! | "SKVS"     | 0x02    |
 //! +------------+---------+
 //!
 //! record, 9 + K + V bytes, any number of times:
@@ -18,20 +18,23 @@
 //! +-------+----------------+---------+-----------------+----------+
 //! cf_id: 0x01 data, 0x02 meta, 0x03 registry
 //!
-//! end, 9 bytes, exactly once, last:
+//! end, 9 bytes, exactly once, after the records:
 //! 0       1
 //! +-------+-------------------------+
 //! | 0x00  | record_count u64 BE     |
 //! +-------+-------------------------+
+//!
+//! checksum, 32 bytes, last: SHA-256 of every byte before it
 //! ```
 //!
-//! The end marker and its record count make a dump cut short at any offset, even
-//! exactly between two records, a decoding error rather than a smaller state. Bytes
-//! after the end marker are an error too. The decoder checks every length against the
-//! bytes left before reading, borrows keys and values from the input, and grows its
-//! record list only as records are read, so it never allocates more than the input
-//! justifies. A flipped byte inside a key or value is not detected: the dump has no
-//! checksum, and relies on the Raft transport to deliver it intact.
+//! The checksum is verified before anything else is read, so a flipped byte anywhere
+//! (in the file a follower keeps while installing, or on the way) is refused rather
+//! than installed as a wrong value. The end marker and its record count make a dump
+//! cut short at any offset, even exactly between two records, a decoding error
+//! rather than a smaller state. Bytes after the end marker are an error too. The
+//! decoder checks every length against the bytes left before reading, borrows keys
+//! and values from the input, and grows its record list only as records are read, so
+//! it never allocates more than the input justifies.
 
 use rocksdb::{DB, IteratorMode};
 
@@ -40,8 +43,18 @@ use crate::{Result, StoreError, rocks::backend};
 
 /// The first four bytes of every dump.
 pub(crate) const MAGIC: &[u8; 4] = b"SKVS";
-/// The only dump version this code writes and reads.
-pub(crate) const VERSION: u8 = 1;
+/// The only dump version this code writes and reads (2: with the checksum).
+pub(crate) const VERSION: u8 = 2;
+/// Length of the trailing SHA-256 checksum.
+pub(crate) const CHECKSUM_LEN: usize = 32;
+
+/// The checksum of a dump's bytes before the checksum.
+fn checksum(body: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body);
+    let mut out = [0u8; CHECKSUM_LEN];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
 /// The `cf_id` byte that marks the end of the records.
 const END_MARKER: u8 = 0x00;
 
@@ -127,6 +140,8 @@ pub(crate) fn dump_state(db: &DB) -> Result<StateDump> {
     }
     bytes.push(END_MARKER);
     bytes.extend_from_slice(&count.to_be_bytes());
+    let sum = checksum(&bytes);
+    bytes.extend_from_slice(&sum);
     Ok(StateDump {
         applied_index,
         bytes,
@@ -186,12 +201,24 @@ impl<'a> Reader<'a> {
 /// Decodes and validates a whole dump before anything is written.
 ///
 /// # Errors
-/// [`StoreError::Corrupt`] on a wrong magic, an unknown version, an unknown `cf_id`,
-/// a length that overruns the input, a missing end marker, a record count that does
-/// not match, trailing bytes, or a missing or malformed applied index.
+/// [`StoreError::Corrupt`] on a checksum that does not match, a wrong magic, an
+/// unknown version, an unknown `cf_id`, a length that overruns the input, a missing
+/// end marker, a record count that does not match, trailing bytes, or a missing or
+/// malformed applied index.
 pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>> {
+    let Some((body, sum)) = bytes.split_last_chunk::<CHECKSUM_LEN>() else {
+        return Err(corrupt(format!(
+            "{} bytes is shorter than the {CHECKSUM_LEN}-byte checksum",
+            bytes.len()
+        )));
+    };
+    if checksum(body) != *sum {
+        return Err(corrupt(
+            "checksum does not match: the dump was altered or cut short".to_string(),
+        ));
+    }
     let mut r = Reader {
-        rest: bytes,
+        rest: body,
         offset: 0,
     };
     let magic = r.take(MAGIC.len(), "magic")?;

@@ -858,12 +858,19 @@ fn snapshot_dump_layout() {
     let data = a.log.snapshot(1, 2).expect("snapshot").data.to_vec();
 
     let value = StoredValue::clear(b"v".to_vec(), 0).encode();
-    let mut want = b"SKVS\x01".to_vec();
+    let mut want = b"SKVS\x02".to_vec();
     push_record(&mut want, 1, &physical_key(b"k", 1), &value);
     push_record(&mut want, 2, b"applied_index", &1u64.to_be_bytes());
     want.push(0);
     want.extend_from_slice(&2u64.to_be_bytes());
+    push_checksum(&mut want);
     assert_eq!(data, want);
+}
+
+/// Appends the SHA-256 of everything before it, as every dump ends.
+fn push_checksum(out: &mut Vec<u8>) {
+    let sum = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, out);
+    out.extend_from_slice(sum.as_ref());
 }
 
 fn push_record(out: &mut Vec<u8>, cf: u8, key: &[u8], value: &[u8]) {
@@ -879,7 +886,7 @@ fn push_record(out: &mut Vec<u8>, cf: u8, key: &[u8], value: &[u8]) {
 fn hand_built_dump_installs() {
     let b = target();
     let (key, record) = row(3, 4, 5);
-    let mut dump = b"SKVS\x01".to_vec();
+    let mut dump = b"SKVS\x02".to_vec();
     push_record(&mut dump, 2, b"applied_index", &9u64.to_be_bytes());
     push_record(
         &mut dump,
@@ -890,6 +897,7 @@ fn hand_built_dump_installs() {
     push_record(&mut dump, 3, &key.encode(), &record.encode());
     dump.push(0);
     dump.extend_from_slice(&3u64.to_be_bytes());
+    push_checksum(&mut dump);
     b.store.install_snapshot(&dump).expect("install");
     assert_eq!(b.store.applied_index().expect("applied"), 9);
     assert_eq!(body(&b.store, b"x"), Some(b"y".to_vec()));
@@ -940,56 +948,74 @@ fn truncated_dump_is_refused_at_every_offset() {
 
 #[test]
 fn malformed_dumps_are_refused() {
+    // The end marker and a checksum that matches, so each case fails on its own
+    // defect and not on the checksum.
     let valid_tail = |out: &mut Vec<u8>, count: u64| {
         out.push(0);
         out.extend_from_slice(&count.to_be_bytes());
+        push_checksum(out);
     };
     let applied = |out: &mut Vec<u8>| push_record(out, 2, b"applied_index", &9u64.to_be_bytes());
     let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
 
-    let mut d = b"SKVX\x01".to_vec();
+    let mut d = b"SKVX\x02".to_vec();
     applied(&mut d);
     valid_tail(&mut d, 1);
     cases.push(("wrong magic", d));
 
-    let mut d = b"SKVS\x02".to_vec();
+    let mut d = b"SKVS\x01".to_vec();
     applied(&mut d);
     valid_tail(&mut d, 1);
-    cases.push(("unknown version", d));
+    cases.push(("version 1, without a checksum field", d));
 
-    let mut d = b"SKVS\x01".to_vec();
+    let mut d = b"SKVS\x02".to_vec();
     applied(&mut d);
     push_record(&mut d, 4, b"k", b"v");
     valid_tail(&mut d, 2);
     cases.push(("unknown cf_id (raft)", d));
 
-    let mut d = b"SKVS\x01".to_vec();
+    let mut d = b"SKVS\x02".to_vec();
     applied(&mut d);
     d.push(1);
     d.extend_from_slice(&u32::MAX.to_be_bytes());
     d.extend_from_slice(b"short");
     cases.push(("key length overruns", d));
 
-    let mut d = b"SKVS\x01".to_vec();
+    let mut d = b"SKVS\x02".to_vec();
     applied(&mut d);
     valid_tail(&mut d, 1);
     d.push(0);
     cases.push(("trailing byte", d));
 
-    let mut d = b"SKVS\x01".to_vec();
+    let mut d = b"SKVS\x02".to_vec();
     applied(&mut d);
     valid_tail(&mut d, 2);
     cases.push(("record count too high", d));
 
-    let mut d = b"SKVS\x01".to_vec();
+    let mut d = b"SKVS\x02".to_vec();
     push_record(&mut d, 1, &physical_key(b"x", 1), b"");
     valid_tail(&mut d, 1);
     cases.push(("no applied index", d));
 
-    let mut d = b"SKVS\x01".to_vec();
+    let mut d = b"SKVS\x02".to_vec();
     push_record(&mut d, 2, b"applied_index", &[0, 9]);
     valid_tail(&mut d, 1);
     cases.push(("applied index of 2 bytes", d));
+
+    let mut d = b"SKVS\x02".to_vec();
+    applied(&mut d);
+    valid_tail(&mut d, 1);
+    d[10] ^= 0x01;
+    cases.push(("a flipped byte in a record", d));
+
+    let mut d = b"SKVS\x02".to_vec();
+    applied(&mut d);
+    valid_tail(&mut d, 1);
+    let last = d.len() - 1;
+    d[last] ^= 0x01;
+    cases.push(("a flipped byte in the checksum", d));
+
+    cases.push(("shorter than a checksum", b"SKVS\x02".to_vec()));
 
     let b = target();
     for (case, dump) in &cases {
