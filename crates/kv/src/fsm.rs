@@ -487,10 +487,8 @@ impl KvFsm {
         let value = match pending.overlay.get(key) {
             Some(v) => Some(v.clone()),
             None => match self.store.get_at(key, u64::MAX)? {
-                Some(version) if version.value.is_live_at(now_ms) => {
-                    Some(self.reader.open(key, version)?)
-                }
-                _ => None,
+                Some(version) => Some(self.reader.open(key, version)?),
+                None => None,
             },
         };
         Ok(value.filter(|v| v.is_live_at(now_ms)))
@@ -681,10 +679,13 @@ impl Reader {
         let Some(version) = self.store.get_at(key, u64::MAX)? else {
             return Ok(None);
         };
-        if !version.value.is_live_at(now_ms) {
+        // An encrypted version is opened before its header is believed: the AAD
+        // binds the header, so a flipped tombstone bit or expiry is an integrity
+        // error, not a value that silently disappears.
+        let value = self.open(key, version)?;
+        if !value.is_live_at(now_ms) {
             return Ok(None);
         }
-        let value = self.open(key, version)?;
         Ok(Some(LiveValue {
             expire_at_ms: value.header.expire_at_ms,
             value: value.body,
@@ -693,12 +694,14 @@ impl Reader {
 
     /// `key`'s stored `version` in cleartext: an encrypted body is opened with the
     /// AAD of its header and storage key (DESIGN.md §6), and the header marked clear.
+    /// Tombstones are never written encrypted, so an encrypted one was altered and
+    /// fails to open like any other.
     fn open(&self, key: &[u8], version: Version) -> Result<StoredValue, ReadError> {
         let Version {
             commit_version,
             value,
         } = version;
-        if value.header.encryption == EncryptionState::Clear || value.header.tombstone {
+        if value.header.encryption == EncryptionState::Clear {
             return Ok(value);
         }
         let keyring = self

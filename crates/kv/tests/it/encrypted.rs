@@ -187,7 +187,7 @@ fn assert_integrity_error(fsm: &KvFsm, key: &str) {
 #[test]
 fn tampered_ciphertexts_are_integrity_errors() {
     let mut f = encrypted(true);
-    let keys = ["body", "envhdr", "valhdr", "src"];
+    let keys = ["body", "envhdr", "valhdr", "tomb", "past", "src"];
     let sets = keys
         .iter()
         .map(|k| request(vec![set(k, MARKER)]))
@@ -205,9 +205,13 @@ fn tampered_ciphertexts_are_integrity_errors() {
     tamper(store, "valhdr", "valhdr", |v| {
         v.header.expire_at_ms = NOW + 1
     });
+    // The tombstone bit flipped on: not a silent delete.
+    tamper(store, "tomb", "tomb", |v| v.header.tombstone = true);
+    // The expiry moved into the past: not a silent expiry.
+    tamper(store, "past", "past", |v| v.header.expire_at_ms = NOW - 1);
     // The ciphertext moved to another key at the same version.
     tamper(store, "src", "moved", |_| {});
-    for key in ["body", "envhdr", "valhdr", "moved"] {
+    for key in ["body", "envhdr", "valhdr", "tomb", "past", "moved"] {
         assert_integrity_error(&f.fsm, key);
     }
     // The untouched original still opens.
