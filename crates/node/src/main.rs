@@ -145,8 +145,13 @@ enum EncryptionCmd {
 #[derive(Debug, Subcommand)]
 enum ClusterCmd {
     /// Add a voter. Start the new node first with `sealkv start --join`.
+    ///
+    /// On an encrypted cluster the new id must not share its low 16 bits with a
+    /// member or with any node ever registered as a writer (a removed node's id
+    /// included): nonces would collide. The node is registered before it joins.
     AddNode(AddArgs),
-    /// Add a learner (receives the log, does not vote).
+    /// Add a learner (receives the log, does not vote). Ids are checked as for
+    /// add-node.
     AddLearner(AddArgs),
     /// Remove a node (voter or learner).
     RemoveNode {
