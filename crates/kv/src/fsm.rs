@@ -105,7 +105,7 @@ pub enum HaltCause {
 /// applied, no later entry is applied, and writes must be refused until an operator
 /// fixes the cause and restarts the node (which replays the same entry).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("state machine halted at index {index}: {}", display_chain(cause.as_ref()))]
+#[error("state machine halted at index {index}: {}", error_chain(cause.as_ref()))]
 pub struct Halt {
     /// The index of the entry that could not be applied.
     pub index: u64,
@@ -115,7 +115,8 @@ pub struct Halt {
     pub cause: Arc<HaltCause>,
 }
 
-fn display_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources on one line, `outer: inner: ...`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

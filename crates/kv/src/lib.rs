@@ -39,5 +39,5 @@ pub use command::{
 };
 pub use fsm::{
     ENCRYPTION_META_KEY, ERR_NOT_WRAPPED, Entry, EntryOutcome, Halt, HaltCause, Halted, KvFsm,
-    LiveValue, Outcome, ReadError, Reader, Reply,
+    LiveValue, Outcome, ReadError, Reader, Reply, error_chain,
 };

@@ -32,7 +32,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use raft::prelude::ConfChangeType;
+use raft::prelude::{ConfChangeType, ConfChangeV2};
 use serde::{Deserialize, Serialize};
 
 use sealkv_encryption::applier::{Applied, EnvelopeSwitch, RegistrationOutcome};
@@ -239,19 +239,15 @@ async fn add_node(State(state): State<AdminState>, Json(body): Json<AddNode>) ->
     } else {
         ConfChangeType::AddNode
     };
-    let change = single_change(kind, body.id, Some(&body.raft_addr));
-    match state.raft.change_membership(change).await {
-        Ok(cs) => Json(serde_json::json!({
-            "voters": cs.get_voters(),
-            "learners": cs.get_learners(),
-        }))
-        .into_response(),
-        Err(e) => propose_error(&e),
-    }
+    change_membership(&state, single_change(kind, body.id, Some(&body.raft_addr))).await
 }
 
 async fn remove_node(State(state): State<AdminState>, Path(id): Path<u64>) -> Response {
-    let change = single_change(ConfChangeType::RemoveNode, id, None);
+    change_membership(&state, single_change(ConfChangeType::RemoveNode, id, None)).await
+}
+
+/// Proposes `change` and answers with the configuration it produced.
+async fn change_membership(state: &AdminState, change: ConfChangeV2) -> Response {
     match state.raft.change_membership(change).await {
         Ok(cs) => Json(serde_json::json!({
             "voters": cs.get_voters(),

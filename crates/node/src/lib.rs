@@ -21,14 +21,4 @@ pub mod metrics;
 pub mod resp;
 pub mod startup;
 
-/// An error and its sources on one line, `outer: inner: ...`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use sealkv_kv::error_chain;

@@ -671,6 +671,26 @@ impl Driver {
         Ok(())
     }
 
+    /// The waiter of a proposal raft-rs accepted (it answers once the entry at the
+    /// index just appended applies), or `None` after answering one it refused.
+    fn waiter_for<T>(
+        &self,
+        proposed: Result<(), raft::Error>,
+        reply: oneshot::Sender<Result<T, ProposeError>>,
+    ) -> Option<Waiter<T>> {
+        match proposed {
+            Ok(()) => Some(Waiter {
+                reply,
+                index: self.appended_index(),
+                deadline: self.deadline(),
+            }),
+            Err(e) => {
+                let _ = reply.send(Err(propose_error(e)));
+                None
+            }
+        }
+    }
+
     fn handle(&mut self, request: Request) {
         match request {
             Request::Propose { data, reply } => {
@@ -681,19 +701,12 @@ impl Driver {
                     return;
                 }
                 let (id, ctx) = self.next_context();
-                match self.raw.propose(ctx, data) {
-                    Ok(()) => {
-                        let waiter = Waiter {
-                            reply,
-                            index: self.appended_index(),
-                            deadline: self.deadline(),
-                        };
-                        self.proposals.insert(id, waiter);
-                    }
-                    Err(e) => {
-                        self.metrics.proposals_failed.inc();
-                        let _ = reply.send(Err(propose_error(e)));
-                    }
+                let proposed = self.raw.propose(ctx, data);
+                if proposed.is_err() {
+                    self.metrics.proposals_failed.inc();
+                }
+                if let Some(waiter) = self.waiter_for(proposed, reply) {
+                    self.proposals.insert(id, waiter);
                 }
             }
             Request::ConfChange { change, reply } => {
@@ -702,18 +715,9 @@ impl Driver {
                     return;
                 }
                 let (id, ctx) = self.next_context();
-                match self.raw.propose_conf_change(ctx, change) {
-                    Ok(()) => {
-                        let waiter = Waiter {
-                            reply,
-                            index: self.appended_index(),
-                            deadline: self.deadline(),
-                        };
-                        self.changes.insert(id, waiter);
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(propose_error(e)));
-                    }
+                let proposed = self.raw.propose_conf_change(ctx, change);
+                if let Some(waiter) = self.waiter_for(proposed, reply) {
+                    self.changes.insert(id, waiter);
                 }
             }
             Request::ReadIndex { reply } => {
