@@ -145,7 +145,11 @@ impl Node {
     /// A fresh node with id `id`, the KEK `kek` and no sidecar.
     pub fn fresh_with_kek(id: u64, kek: [u8; 32]) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
-        let registry = Arc::new(MemoryRegistry::new());
+        Node::load(dir, Arc::new(MemoryRegistry::new()), id, kek)
+    }
+
+    /// Opens the keyring of `id` in `dir` (a process load) and its applier.
+    fn load(dir: tempfile::TempDir, registry: Arc<MemoryRegistry>, id: u64, kek: [u8; 32]) -> Node {
         let keyring = Arc::new(Keyring::open(dir.path(), id, provider(kek)).expect("open"));
         let applier = Applier::with_keyring(registry.clone(), keyring.clone());
         Node {
@@ -163,16 +167,9 @@ impl Node {
 
     /// Drops the keyring and applier and opens them again, as a process restart.
     pub fn restart(self) -> Node {
+        let id = self.keyring.node_id();
         let Node { dir, registry, .. } = self;
-        let keyring =
-            Arc::new(Keyring::open(dir.path(), NODE, provider(KEK_BYTES)).expect("reopen"));
-        let applier = Applier::with_keyring(registry.clone(), keyring.clone());
-        Node {
-            dir,
-            registry,
-            keyring,
-            applier,
-        }
+        Node::load(dir, registry, id, KEK_BYTES)
     }
 
     /// Applies the registrations the startup check asks for, as the node would after

@@ -915,13 +915,8 @@ impl Driver {
         }
         self.drop_overwritten(last);
         if let Some(halt) = halt {
-            let cause = halt.to_string();
-            self.metrics.halted.set(1);
-            self.halted = Some(cause.clone());
-            let error = ProposeError::Halted(cause);
-            fail_all(&mut self.proposals, &error);
-            fail_all(&mut self.changes, &error);
-            fail_all(&mut self.reads, &error);
+            // The state machine logged the halt itself.
+            self.set_halted(halt.to_string());
             self.publish();
         }
     }
@@ -1015,6 +1010,11 @@ impl Driver {
     fn halt_on(&mut self, index: u64, cause: String) {
         let cause = format!("state machine halted at index {index}: {cause}");
         tracing::error!(index, "{cause}");
+        self.set_halted(cause);
+    }
+
+    /// Records the halt and fails every waiting request with it.
+    fn set_halted(&mut self, cause: String) {
         self.metrics.halted.set(1);
         self.halted = Some(cause.clone());
         let error = ProposeError::Halted(cause);
