@@ -404,6 +404,41 @@ impl Applier {
         Ok(applied)
     }
 
+    /// Checks, without applying it, an entry a node is about to propose: it must
+    /// decode as [`apply`](Self::apply) decodes it, and the writer-registry rows it
+    /// carries must follow the registration rules against the rows applied so far
+    /// (no rollback, no collision). What every replica would halt on is refused
+    /// before it reaches the log; a refusal the applier answers deterministically
+    /// (a key id in use, say) is left to the applier.
+    ///
+    /// # Errors
+    /// The [`ApplyError`] applying it now would halt with.
+    pub fn precheck(&self, opcode: u8, payload: &[u8]) -> Result<()> {
+        let decode_err = |source| ApplyError::Decode { opcode, source };
+        let rows = match opcode {
+            OP_REGISTRATION => vec![RegistrationPayload::decode(payload).map_err(decode_err)?],
+            OP_BOOTSTRAP => {
+                let boot = BootstrapPayload::decode(payload).map_err(decode_err)?;
+                if self.keyring.as_ref().is_some_and(|k| k.is_bootstrapped()) {
+                    return Ok(());
+                }
+                boot.batch_registry
+            }
+            OP_ROTATION => {
+                if EnvelopeSwitch::decode(payload)
+                    .map_err(decode_err)?
+                    .is_some()
+                {
+                    return Ok(());
+                }
+                let rot = RotationPayload::decode(payload).map_err(decode_err)?;
+                vec![rot.proposer_registration]
+            }
+            other => return Err(ApplyError::UnsupportedOpcode(other)),
+        };
+        self.plan_rows(&rows, false).map(drop)
+    }
+
     fn dispatch(&self, index: u64, opcode: u8, payload: &[u8]) -> Result<Applied> {
         let decode_err = |source| ApplyError::Decode { opcode, source };
         match opcode {

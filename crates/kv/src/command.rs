@@ -27,6 +27,13 @@
 //! Decoding never allocates more than a small multiple of the input: bincode's limit
 //! is chosen from the input length, and every length prefix is checked against it
 //! before anything is allocated.
+//!
+//! # Sizes
+//!
+//! No entry is larger than [`MAX_ENTRY_BYTES`]: [`KvRequest::to_entry`] refuses to
+//! build one, and [`KvRequest::decode`] accepts every entry up to it, so an entry a
+//! proposer built is never one the state machine cannot decode. A front end refuses
+//! smaller requests first, by the operator's [`SizeLimits`], before it proposes.
 
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +48,118 @@ pub const COMMAND_VERSION: u8 = 1;
 /// In place of the version byte: the rest of the payload is a raft envelope whose
 /// plaintext is the version byte and the body.
 pub const WRAPPED: u8 = 0x80;
+
+/// The largest KV entry (opcode and version included, before any raft envelope) a
+/// proposer builds and every replica decodes; the ceiling of [`SizeLimits`].
+pub const MAX_ENTRY_BYTES: usize = 256 << 20;
+
+/// What a raft envelope adds to an entry: a wrapped entry is exactly this much longer
+/// than the cleartext one.
+pub const WRAP_OVERHEAD: usize = sealkv_encryption::envelope::OVERHEAD;
+
+/// The operator's caps on a request, checked where a command enters, before it is
+/// proposed (`--max-value-bytes`, `--max-entry-bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeLimits {
+    /// The largest value one put may carry.
+    pub max_value_bytes: usize,
+    /// The largest entry one request may become, before any raft envelope; at most
+    /// [`MAX_ENTRY_BYTES`].
+    pub max_entry_bytes: usize,
+}
+
+impl Default for SizeLimits {
+    /// 8 MiB values in entries of up to 16 MiB (TiKV's `raft-entry-max-size` is
+    /// 8 MiB; the entry cap leaves room for the key and a batch of smaller values).
+    fn default() -> SizeLimits {
+        SizeLimits {
+            max_value_bytes: 8 << 20,
+            max_entry_bytes: 16 << 20,
+        }
+    }
+}
+
+/// A request larger than the [`SizeLimits`] allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SizeError {
+    /// One value is larger than `max_value_bytes`.
+    #[error("value too large: {bytes} bytes, the limit is {limit} (--max-value-bytes)")]
+    Value {
+        /// The value's length.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The request's entry would be larger than `max_entry_bytes`.
+    #[error(
+        "command too large: its raft entry would be {bytes} bytes, the limit is {limit} \
+         (--max-entry-bytes)"
+    )]
+    Entry {
+        /// The entry's length.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl SizeLimits {
+    /// Checks that the limits are usable: values fit in entries with room for a key,
+    /// and entries are at most [`MAX_ENTRY_BYTES`].
+    ///
+    /// # Errors
+    /// A sentence naming the flag to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_value_bytes == 0 {
+            return Err("--max-value-bytes must be at least 1".to_string());
+        }
+        if self.max_entry_bytes > MAX_ENTRY_BYTES {
+            return Err(format!(
+                "--max-entry-bytes {} is above the most any replica decodes ({MAX_ENTRY_BYTES})",
+                self.max_entry_bytes
+            ));
+        }
+        if self.max_entry_bytes < self.max_value_bytes.saturating_add(ENTRY_HEADROOM) {
+            return Err(format!(
+                "--max-entry-bytes {} must be at least --max-value-bytes {} plus {ENTRY_HEADROOM} \
+                 bytes for the key and the command",
+                self.max_entry_bytes, self.max_value_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks `request` against the limits: every value, then the length of the
+    /// entry it encodes to.
+    ///
+    /// # Errors
+    /// The first [`SizeError`].
+    pub fn check(&self, request: &KvRequest) -> Result<(), SizeError> {
+        for command in &request.commands {
+            if let Command::Put { value, .. } = command
+                && value.len() > self.max_value_bytes
+            {
+                return Err(SizeError::Value {
+                    bytes: value.len(),
+                    limit: self.max_value_bytes,
+                });
+            }
+        }
+        let bytes = request.entry_len();
+        if bytes > self.max_entry_bytes {
+            return Err(SizeError::Entry {
+                bytes,
+                limit: self.max_entry_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Room an entry needs beyond its largest value: the key (Redis keys of up to
+/// 64 KiB are the norm) and the command's own bytes.
+pub const ENTRY_HEADROOM: usize = 64 << 10;
 
 /// When a put applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -125,6 +244,9 @@ pub enum CommandError {
     /// The request could not be encoded.
     #[error("encode kv request: {0}")]
     Encode(String),
+    /// The entry is larger than [`MAX_ENTRY_BYTES`].
+    #[error("kv entry of {0} bytes is larger than the {MAX_ENTRY_BYTES} bytes any replica decodes")]
+    TooLarge(usize),
 }
 
 /// A KV request that could not be encoded in a raft envelope.
@@ -139,12 +261,22 @@ pub enum WrapError {
 }
 
 impl KvRequest {
+    /// The length of the entry [`to_entry`](Self::to_entry) builds, computed without
+    /// building it.
+    pub fn entry_len(&self) -> usize {
+        let mut counter = bincode::enc::write::SizeWriter::default();
+        match bincode::serde::encode_into_writer(self, &mut counter, bincode::config::standard()) {
+            Ok(()) => 2usize.saturating_add(counter.bytes_written),
+            Err(_) => usize::MAX,
+        }
+    }
+
     /// Encodes a full Raft entry: opcode ([`OP_KV`] for one command, else
     /// [`OP_KV_BATCH`]), version, body.
     ///
     /// # Errors
-    /// [`CommandError::BadCount`] for an empty request; [`CommandError::Encode`] if
-    /// bincode fails.
+    /// [`CommandError::BadCount`] for an empty request; [`CommandError::TooLarge`]
+    /// above [`MAX_ENTRY_BYTES`]; [`CommandError::Encode`] if bincode fails.
     pub fn to_entry(&self) -> Result<Vec<u8>, CommandError> {
         let opcode = match self.commands.len() {
             0 => {
@@ -158,6 +290,9 @@ impl KvRequest {
         };
         let body = bincode::serde::encode_to_vec(self, bincode::config::standard())
             .map_err(|e| CommandError::Encode(e.to_string()))?;
+        if body.len() + 2 > MAX_ENTRY_BYTES {
+            return Err(CommandError::TooLarge(body.len() + 2));
+        }
         let mut out = Vec::with_capacity(2 + body.len());
         out.push(opcode);
         out.push(COMMAND_VERSION);
@@ -219,7 +354,9 @@ impl KvRequest {
 
 /// Decodes with a bincode byte limit of at least 64 times the input (and at least
 /// 4 KiB), so a lying length prefix can never make the decoder allocate far more
-/// than the entry's own size.
+/// than the entry's own size (serde's sequences also preallocate cautiously, and
+/// grow only with elements actually read). Every body of an entry up to
+/// [`MAX_ENTRY_BYTES`] gets a limit; a longer one is [`CommandError::TooLarge`].
 fn decode_bounded(body: &[u8]) -> Result<(KvRequest, usize), CommandError> {
     use bincode::config::standard;
     fn run<C: bincode::config::Config>(
@@ -235,9 +372,9 @@ fn decode_bounded(body: &[u8]) -> Result<(KvRequest, usize), CommandError> {
         4097..=262_144 => run(body, standard().with_limit::<262_144>()),
         262_145..=16_777_216 => run(body, standard().with_limit::<16_777_216>()),
         16_777_217..=1_073_741_824 => run(body, standard().with_limit::<1_073_741_824>()),
-        _ => Err(CommandError::Malformed(format!(
-            "entry of {} bytes is too large",
-            body.len()
-        ))),
+        _ if body.len() + 2 <= MAX_ENTRY_BYTES => {
+            run(body, standard().with_limit::<{ MAX_ENTRY_BYTES * 64 }>())
+        }
+        _ => Err(CommandError::TooLarge(body.len() + 2)),
     }
 }

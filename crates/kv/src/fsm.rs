@@ -57,6 +57,46 @@ pub struct EntryOutcome {
     pub outcome: Outcome,
 }
 
+/// Why a proposal is refused before it is appended ([`KvFsm::admit`]): an entry
+/// every replica would halt on, or refuse, is never put in the log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The opcode is not one this cluster applies (the reserved `0x02`, `0x06` and
+    /// `0x07` included).
+    #[error("opcode {0:#04x} is not one this cluster applies")]
+    UnknownOpcode(u8),
+    /// A KV entry that does not decode.
+    #[error("malformed kv entry")]
+    Malformed(#[source] CommandError),
+    /// A cleartext KV entry after the raft envelope cutover (its proposer had not
+    /// applied the cutover yet; a retry is wrapped).
+    #[error("a kv entry after the raft envelope cutover must be in a raft envelope; retry")]
+    NotWrapped,
+    /// A wrapped KV entry that does not open under this node's keys (sealed under
+    /// a key this node has not installed yet, or altered).
+    #[error("kv entry in a raft envelope does not open on this node")]
+    Unwrap(#[source] KeyringError),
+    /// A wrapped KV entry and this node has no keyring.
+    #[error("kv entry in a raft envelope and no keyring on this node")]
+    WrappedWithoutKeyring,
+    /// An encryption entry and this node has no encryption applier.
+    #[error("encryption opcode {0:#04x} and encryption is not enabled on this node")]
+    NoEncryption(u8),
+    /// An encryption entry that does not decode, or whose registry rows break the
+    /// registration rules (a rollback, a collision).
+    #[error("encryption entry refused")]
+    Control(#[source] ApplyError),
+}
+
+impl Refusal {
+    /// Whether the same request may be accepted if retried shortly (the node was
+    /// a step behind the entry that decides it).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Refusal::NotWrapped | Refusal::Unwrap(_))
+    }
+}
+
 /// Why the state machine halted.
 #[derive(Debug, thiserror::Error)]
 pub enum HaltCause {
@@ -269,6 +309,43 @@ impl KvFsm {
     /// The encryption applier, when installed.
     pub fn encryption(&self) -> Option<&Applier> {
         self.encryption.as_ref()
+    }
+
+    /// Checks a proposal before it is appended to the Raft log: what this returns
+    /// `Ok` for, [`apply`](Self::apply) applies or answers with a reply (given the
+    /// same state), and what every replica would halt on or refuse is refused here
+    /// instead. The leader runs it on every proposal, its own and forwarded ones.
+    ///
+    /// # Errors
+    /// The [`Refusal`].
+    pub fn admit(&self, data: &[u8]) -> Result<(), Refusal> {
+        let Some((&opcode, payload)) = data.split_first() else {
+            return Ok(());
+        };
+        match opcode {
+            OP_KV | OP_KV_BATCH => {
+                let keyring = self.reader.keyring.as_ref();
+                match payload.split_first() {
+                    Some((&WRAPPED, envelope)) => {
+                        let keyring = keyring.ok_or(Refusal::WrappedWithoutKeyring)?;
+                        let clear = keyring.open_raft(envelope).map_err(Refusal::Unwrap)?;
+                        KvRequest::decode(opcode, &clear).map_err(Refusal::Malformed)?;
+                    }
+                    _ if keyring.is_some_and(|k| k.raft_envelope_cutover_index() != 0) => {
+                        return Err(Refusal::NotWrapped);
+                    }
+                    _ => {
+                        KvRequest::decode(opcode, payload).map_err(Refusal::Malformed)?;
+                    }
+                }
+                Ok(())
+            }
+            op if is_encryption_opcode(op) => {
+                let applier = self.encryption.as_ref().ok_or(Refusal::NoEncryption(op))?;
+                applier.precheck(op, payload).map_err(Refusal::Control)
+            }
+            other => Err(Refusal::UnknownOpcode(other)),
+        }
     }
 
     /// The index of the last applied entry.

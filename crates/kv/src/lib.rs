@@ -34,10 +34,11 @@ mod command;
 mod fsm;
 
 pub use command::{
-    COMMAND_VERSION, Command, CommandError, KvRequest, OP_KV, OP_KV_BATCH, OP_RESERVED_HLC,
-    PutCondition, WRAPPED, WrapError,
+    COMMAND_VERSION, Command, CommandError, ENTRY_HEADROOM, KvRequest, MAX_ENTRY_BYTES, OP_KV,
+    OP_KV_BATCH, OP_RESERVED_HLC, PutCondition, SizeError, SizeLimits, WRAP_OVERHEAD, WRAPPED,
+    WrapError,
 };
 pub use fsm::{
     ENCRYPTION_META_KEY, ERR_NOT_WRAPPED, Entry, EntryOutcome, Halt, HaltCause, Halted, KvFsm,
-    LiveValue, Outcome, ReadError, Reader, Reply, error_chain,
+    LiveValue, Outcome, ReadError, Reader, Refusal, Reply, error_chain,
 };

@@ -16,9 +16,15 @@
 //! | POST   | `/v1/encryption/enable-envelope` | `{"envelope":"storage"}` or `"raft"` |
 //!
 //! The mutating encryption routes answer 412 Precondition Failed unless the node
-//! runs with encryption enabled and a KEK loaded; a refusal by the applier (keys
-//! already bootstrapped, say) is 409 with its reason. They are proposed through Raft
-//! like writes, so a follower's proposal is forwarded to the leader.
+//! runs with encryption enabled and a KEK loaded. They run on the leader only, one
+//! at a time, after a Raft ReadIndex barrier: a follower forwards the request to the
+//! leader's admin endpoint and answers with the leader's answer (so does `POST
+//! /v1/cluster/nodes` on an encrypted node, whose admission check registers the new
+//! node). A refusal (keys already bootstrapped, a registration below the writer
+//! registry's record) is 409 with its reason; nothing was proposed, or the applier
+//! refused the entry the same way on every replica. `register-writer` takes an
+//! optional body `{"registrations": [{"dek_id", "full_node_id", "local_epoch"}]}`;
+//! without one it registers the receiving node's pending epochs.
 //!
 //! Membership changes go through Raft: on a follower, raft-rs forwards the proposal to
 //! the leader, and the answer comes once this node has applied the change. Errors are
@@ -27,8 +33,9 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -36,11 +43,12 @@ use raft::prelude::{ConfChangeType, ConfChangeV2};
 use serde::{Deserialize, Serialize};
 
 use sealkv_encryption::applier::{Applied, EnvelopeSwitch, RegistrationOutcome};
-use sealkv_fsmwire::Purpose;
+use sealkv_fsmwire::{Purpose, RegistrationPayload};
 use sealkv_kv::Outcome;
 
+use crate::admin_client::FORWARDED_BY;
 use crate::consensus::{ProposeError, RaftHandle, RaftStatus, single_change};
-use crate::encryption::{Control, ControlError};
+use crate::encryption::{Control, ControlError, registrations_json};
 use crate::metrics::Metrics;
 
 /// Where the node listens, for status.
@@ -179,6 +187,9 @@ fn propose_error(e: &ProposeError) -> Response {
         ProposeError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ProposeError::Dropped => StatusCode::CONFLICT,
         ProposeError::Rejected(_) => StatusCode::BAD_REQUEST,
+        ProposeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ProposeError::Refused { retry: true, .. } => StatusCode::SERVICE_UNAVAILABLE,
+        ProposeError::Refused { retry: false, .. } => StatusCode::BAD_REQUEST,
     };
     error(code, e.to_string())
 }
@@ -216,7 +227,11 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-async fn add_node(State(state): State<AdminState>, Json(body): Json<AddNode>) -> Response {
+async fn add_node(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Json(body): Json<AddNode>,
+) -> Response {
     if body.id == 0 {
         return error(StatusCode::BAD_REQUEST, "node id 0 is not valid");
     }
@@ -227,11 +242,18 @@ async fn add_node(State(state): State<AdminState>, Json(body): Json<AddNode>) ->
         );
     }
     if let Some(control) = &state.encryption {
+        let json = serde_json::to_value(&body).unwrap_or_default();
+        if let Some(answer) = forwarded(control, &headers, "/v1/cluster/nodes", &json).await {
+            return answer;
+        }
         let status = state.raft.status();
         // A learner promoted to voter is already admitted and registered.
         let member = status.voters.contains(&body.id) || status.learners.contains(&body.id);
-        if !member && let Err(refusal) = control.admit(body.id, &status).await {
-            return error(StatusCode::CONFLICT, crate::error_chain(&refusal));
+        if !member && let Err(refusal) = control.admit(body.id).await {
+            return match refusal {
+                crate::encryption::AdmitError::Register(e) => control_error(&e),
+                other => error(StatusCode::CONFLICT, crate::error_chain(&other)),
+            };
         }
     }
     let kind = if body.learner {
@@ -352,10 +374,45 @@ fn control(state: &AdminState) -> Result<&Control, Refusal> {
     })
 }
 
+/// Runs the request on the leader: `None` when this node leads (the handler goes
+/// on), else the leader's answer to the same request, forwarded.
+async fn forwarded(
+    control: &Control,
+    headers: &HeaderMap,
+    path: &str,
+    body: &serde_json::Value,
+) -> Option<Response> {
+    let admin = match control.leader_admin() {
+        Ok(None) => return None,
+        Ok(Some(admin)) => admin,
+        Err(e) => return Some(control_error(&e)),
+    };
+    if headers.contains_key(FORWARDED_BY) {
+        return Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is not the leader (leadership moved while the request was forwarded); retry",
+        ));
+    }
+    let from = control.keyring.node_id();
+    Some(
+        match crate::admin_client::forward(&admin, path, body, from).await {
+            Ok((code, json)) => (
+                StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
+                Json(json),
+            )
+                .into_response(),
+            Err(e) => error(StatusCode::BAD_GATEWAY, e),
+        },
+    )
+}
+
 fn control_error(e: &ControlError) -> Response {
     match e {
         ControlError::Propose(p) => propose_error(p),
         ControlError::NotEnabled => error(StatusCode::PRECONDITION_FAILED, e.to_string()),
+        ControlError::NotLeader => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        ControlError::Refused(_) => error(StatusCode::CONFLICT, e.to_string()),
+        ControlError::Forward(_) => error(StatusCode::BAD_GATEWAY, e.to_string()),
         ControlError::Key(_) | ControlError::Encode(_) => {
             error(StatusCode::INTERNAL_SERVER_ERROR, crate::error_chain(e))
         }
@@ -432,20 +489,86 @@ fn purpose(text: &str) -> Result<Purpose, Refusal> {
     }
 }
 
-async fn encryption_bootstrap(State(state): State<AdminState>) -> Result<Response, Refusal> {
-    Ok(applied(control(&state)?.bootstrap().await))
+async fn encryption_bootstrap(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    let control = control(&state)?;
+    let path = "/v1/encryption/bootstrap";
+    if let Some(answer) = forwarded(control, &headers, path, &serde_json::json!({})).await {
+        return Ok(answer);
+    }
+    Ok(applied(control.bootstrap().await))
 }
 
 async fn encryption_rotate(
     State(state): State<AdminState>,
+    headers: HeaderMap,
     Json(body): Json<RotateDek>,
 ) -> Result<Response, Refusal> {
     let control = control(&state)?;
-    Ok(applied(control.rotate(purpose(&body.purpose)?).await))
+    let purpose = purpose(&body.purpose)?;
+    let json = serde_json::to_value(&body).unwrap_or_default();
+    if let Some(answer) = forwarded(control, &headers, "/v1/encryption/rotate-dek", &json).await {
+        return Ok(answer);
+    }
+    Ok(applied(control.rotate(purpose).await))
 }
 
-async fn encryption_register(State(state): State<AdminState>) -> Result<Response, Refusal> {
-    Ok(match control(&state)?.register(&mut Vec::new()).await {
+/// Body of `POST /v1/encryption/register-writer` (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RegisterWriter {
+    /// The registrations to propose; empty means the receiving node's own pending
+    /// ones.
+    #[serde(default)]
+    pub registrations: Vec<RegistrationRow>,
+}
+
+/// One registration of [`RegisterWriter`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct RegistrationRow {
+    /// The key.
+    pub dek_id: u32,
+    /// The node's full id.
+    pub full_node_id: u64,
+    /// The epoch.
+    pub local_epoch: u16,
+}
+
+async fn encryption_register(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let control = control(&state)?;
+    let body: RegisterWriter = if body.iter().all(u8::is_ascii_whitespace) {
+        RegisterWriter::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            Refusal(
+                StatusCode::BAD_REQUEST,
+                format!("body is not a register-writer request: {e}"),
+            )
+        })?
+    };
+    let mut regs: Vec<RegistrationPayload> = body
+        .registrations
+        .iter()
+        .map(|r| RegistrationPayload {
+            dek_id: r.dek_id,
+            full_node_id: r.full_node_id,
+            local_epoch: r.local_epoch,
+        })
+        .collect();
+    if regs.is_empty() {
+        regs = control.own_registrations(&[]);
+    }
+    let json = registrations_json(&regs);
+    let path = "/v1/encryption/register-writer";
+    if let Some(answer) = forwarded(control, &headers, path, &json).await {
+        return Ok(answer);
+    }
+    Ok(match control.register(&regs).await {
         Ok(n) => Json(serde_json::json!({ "registered": n })).into_response(),
         Err(e) => control_error(&e),
     })
@@ -453,6 +576,7 @@ async fn encryption_register(State(state): State<AdminState>) -> Result<Response
 
 async fn encryption_enable(
     State(state): State<AdminState>,
+    headers: HeaderMap,
     Json(body): Json<EnableEnvelope>,
 ) -> Result<Response, Refusal> {
     let control = control(&state)?;
@@ -460,5 +584,10 @@ async fn encryption_enable(
         Purpose::Storage => EnvelopeSwitch::Storage,
         Purpose::Raft => EnvelopeSwitch::Raft,
     };
+    let json = serde_json::to_value(&body).unwrap_or_default();
+    let path = "/v1/encryption/enable-envelope";
+    if let Some(answer) = forwarded(control, &headers, path, &json).await {
+        return Ok(answer);
+    }
     Ok(applied(control.enable(switch).await))
 }

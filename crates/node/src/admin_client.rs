@@ -169,3 +169,40 @@ pub fn summarize(status: &Value) -> String {
         field("halted"),
     )
 }
+
+/// The header a node sets on a request it forwards to the leader; the leader never
+/// forwards such a request again.
+pub const FORWARDED_BY: &str = "x-sealkv-forwarded-by";
+
+/// POSTs `body` to `path` on another node's admin endpoint on behalf of node
+/// `from`, from async code: the answer's status and JSON body, whatever the status.
+///
+/// # Errors
+/// A sentence when the endpoint cannot be reached or answers with non-JSON.
+pub async fn forward(
+    admin_addr: &str,
+    path: &str,
+    body: &Value,
+    from: u64,
+) -> Result<(u16, Value), String> {
+    let url = url(admin_addr, path);
+    let body = body.clone();
+    let admin = admin_addr.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut response = agent()
+            .post(&url)
+            .header(FORWARDED_BY, from.to_string())
+            .send_json(&body)
+            .map_err(|e| format!("reach the leader's admin endpoint {admin}: {e}"))?;
+        let code = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| format!("read the answer of {admin}: {e}"))?;
+        let json = serde_json::from_str(&text)
+            .map_err(|_| format!("{admin} answered {code} with non-JSON"))?;
+        Ok((code, json))
+    })
+    .await
+    .map_err(|e| format!("forward task: {e}"))?
+}

@@ -115,10 +115,13 @@ fn api_error(e: ProposeError) -> ApiError {
         ProposeError::NoLeader => ApiError::NoLeader,
         ProposeError::Halted(cause) => ApiError::Halted(cause),
         ProposeError::Timeout => ApiError::Timeout,
-        ProposeError::Dropped
-        | ProposeError::Busy
-        | ProposeError::Stopped
-        | ProposeError::Rejected(_) => ApiError::Internal(e.to_string()),
+        ProposeError::Busy => ApiError::NotReady(e.to_string()),
+        ProposeError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
+        ProposeError::Refused { retry: true, .. } => ApiError::NotReady(e.to_string()),
+        ProposeError::Refused { retry: false, .. } => ApiError::Internal(e.to_string()),
+        ProposeError::Dropped | ProposeError::Stopped | ProposeError::Rejected(_) => {
+            ApiError::Internal(e.to_string())
+        }
     }
 }
 

@@ -40,6 +40,7 @@ use sealkv_encryption::durable::DurableError;
 use sealkv_encryption::envelope::Dek;
 use sealkv_encryption::kek::{KekProvider, wrap_dek};
 use sealkv_encryption::keyring::{Keyring, KeyringError};
+use sealkv_encryption::registry::WriterKey;
 use sealkv_encryption::sidecar::sidecar_path;
 use sealkv_fsmwire::{
     BootstrapPayload, OP_BOOTSTRAP, OP_REGISTRATION, OP_ROTATION, Purpose, RegistrationPayload,
@@ -47,6 +48,7 @@ use sealkv_fsmwire::{
 };
 use sealkv_store::RaftLog;
 
+use crate::consensus::transport::Transport;
 use crate::consensus::{ProposeError, RaftHandle, Role};
 
 /// How a node is configured for encryption.
@@ -340,6 +342,15 @@ pub enum ControlError {
     /// Raft refused or lost the proposal.
     #[error(transparent)]
     Propose(#[from] ProposeError),
+    /// This node stopped leading while the operation waited for its turn.
+    #[error("this node is no longer the leader; retry")]
+    NotLeader,
+    /// The operation would break a rule of the key protocol; nothing was proposed.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The operation could not be forwarded to the leader, or the leader refused it.
+    #[error("forward to the leader: {0}")]
+    Forward(String),
 }
 
 fn entry(opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -463,7 +474,14 @@ pub enum AdmitError {
     Register(#[source] ControlError),
 }
 
-/// What the encryption task works with.
+/// What the encryption operations and the encryption task work with.
+///
+/// Every operation that proposes control-plane entries (bootstrap, rotation,
+/// envelope switches, registrations, the admission of a new node) runs on the
+/// leader only, one at a time, after a Raft ReadIndex barrier: its choices (key
+/// ids, the rows it may write) are made from every entry committed before it, and
+/// no two operations interleave their entries. A follower forwards the request to
+/// the leader's admin endpoint ([`Control::leader_admin`]).
 #[derive(Clone)]
 pub struct Control {
     /// The Raft driver.
@@ -477,6 +495,10 @@ pub struct Control {
     /// Whether the store holds any user key (a cluster with data is moved to
     /// encryption by an operator, not automatically).
     pub has_user_data: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Where the other nodes' admin endpoints are (their transport hellos).
+    pub transport: Arc<Transport>,
+    /// Held for the whole of one operation on the leader.
+    pub serial: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -488,10 +510,68 @@ impl std::fmt::Debug for Control {
     }
 }
 
+/// The (dek, node) rows a registration may not be proposed over: the reason, or
+/// `None` when the row is new or below the registration's epoch.
+fn row_refusal(
+    registry: &dyn WriterRegistryStore,
+    reg: &RegistrationPayload,
+) -> Result<Option<String>, ControlError> {
+    let key = WriterKey::for_node(reg.dek_id, reg.full_node_id);
+    let row = registry
+        .get_writer(key)
+        .map_err(|e| ControlError::Key(Box::new(e)))?;
+    Ok(row.and_then(|row| {
+        if row.full_node_id != reg.full_node_id {
+            Some(format!(
+                "node {:#x} shares its low 16 bits with node {:#x}, registered under key {}",
+                reg.full_node_id, row.full_node_id, reg.dek_id
+            ))
+        } else if reg.local_epoch < row.last_seen_local_epoch {
+            Some(format!(
+                "node {:#x} is registered under key {} at epoch {}, above {}",
+                reg.full_node_id, reg.dek_id, row.last_seen_local_epoch, reg.local_epoch
+            ))
+        } else {
+            None
+        }
+    }))
+}
+
 impl Control {
     /// Proposes `data` and waits until this node applied it.
     async fn propose(&self, data: Vec<u8>) -> Result<sealkv_kv::Outcome, ControlError> {
         Ok(self.raft.propose(data).await?)
+    }
+
+    /// The admin address of the leader, when another node leads: where a
+    /// follower forwards an operation. `Ok(None)` when this node leads.
+    ///
+    /// # Errors
+    /// [`ControlError::Propose`] with `NoLeader` when no leader is known or its
+    /// address is not yet.
+    pub fn leader_admin(&self) -> Result<Option<String>, ControlError> {
+        let status = self.raft.status();
+        match status.leader_id {
+            Some(id) if id == status.id => Ok(None),
+            Some(id) => self
+                .transport
+                .admin_addr_of(id)
+                .map(Some)
+                .ok_or(ControlError::Propose(ProposeError::NoLeader)),
+            None => Err(ControlError::Propose(ProposeError::NoLeader)),
+        }
+    }
+
+    /// Takes the operation lock on the leader and waits until this node applied
+    /// everything committed before: what the operation reads is then the
+    /// cluster's latest state.
+    async fn lead(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, ControlError> {
+        let guard = Arc::clone(&self.serial).lock_owned().await;
+        if self.leader_admin()?.is_some() {
+            return Err(ControlError::NotLeader);
+        }
+        self.raft.linearizable_barrier().await?;
+        Ok(guard)
     }
 
     /// Before `id` joins: refuses an id whose low 16 bits belong to a registered
@@ -500,21 +580,23 @@ impl Control {
     /// nonce prefix; then proposes the registration of `id` at epoch 0 under every
     /// active key, which is the epoch the node gets when it installs those keys
     /// from the log (DESIGN.md §5: a node added later is registered with its
-    /// membership change).
+    /// membership change). A retry after the registration applied and the
+    /// membership change did not finds `id`'s own rows and goes on.
     ///
     /// # Errors
     /// [`AdmitError`].
-    pub async fn admit(
-        &self,
-        id: u64,
-        status: &crate::consensus::RaftStatus,
-    ) -> Result<(), AdmitError> {
+    pub async fn admit(&self, id: u64) -> Result<(), AdmitError> {
+        let _serial = self.lead().await.map_err(AdmitError::Register)?;
+        let status = self.raft.status();
         let node16 = (id & 0xFFFF) as u16;
         let rows = self
             .registry
             .list_writers()
             .map_err(|e| AdmitError::Registry(e.to_string()))?;
-        if let Some((key, row)) = rows.iter().find(|(key, _)| key.node_id16 == node16) {
+        if let Some((key, row)) = rows
+            .iter()
+            .find(|(key, row)| key.node_id16 == node16 && row.full_node_id != id)
+        {
             return Err(AdmitError::Registered {
                 id,
                 owner: row.full_node_id,
@@ -532,6 +614,12 @@ impl Control {
             let Some(dek_id) = self.keyring.active_key_id(purpose) else {
                 continue;
             };
+            if rows
+                .iter()
+                .any(|(key, row)| key.dek_id == dek_id && row.full_node_id == id)
+            {
+                continue;
+            }
             let reg = RegistrationPayload {
                 dek_id,
                 full_node_id: id,
@@ -547,8 +635,14 @@ impl Control {
     /// Proposes the bootstrap with every current member registered.
     ///
     /// # Errors
-    /// [`ControlError`].
+    /// [`ControlError`]; [`ControlError::Refused`] when the keys exist already.
     pub async fn bootstrap(&self) -> Result<sealkv_kv::Outcome, ControlError> {
+        let _serial = self.lead().await?;
+        if self.keyring.is_bootstrapped() {
+            return Err(ControlError::Refused(
+                "the cluster's keys are bootstrapped already".to_string(),
+            ));
+        }
         let status = self.raft.status();
         let mut members = status.voters.clone();
         members.extend(&status.learners);
@@ -556,15 +650,35 @@ impl Control {
             .await
     }
 
-    /// Proposes a rotation of the `purpose` key to a new key with the next unused
-    /// id. Every other member is registered for the new key at epoch 0 (the epoch
-    /// it installs the key at) first, so that every replica is registered before
-    /// it seals under the key; the rotation entry registers this node.
+    /// Proposes a rotation of the `purpose` key to a new key whose id is above
+    /// every id the keyring or the writer registry has seen. Every other member is
+    /// registered for the new key at epoch 0 (the epoch it installs the key at)
+    /// first, so that every replica is registered before it seals under the key;
+    /// the rotation entry registers this node.
     ///
     /// # Errors
     /// [`ControlError`].
     pub async fn rotate(&self, purpose: Purpose) -> Result<sealkv_kv::Outcome, ControlError> {
-        let key_id = self.keyring.key_ids().into_iter().max().unwrap_or(0) + 1;
+        let _serial = self.lead().await?;
+        if !self.keyring.is_bootstrapped() {
+            return Err(ControlError::Refused(
+                "the cluster has no keys to rotate: bootstrap first (sealkv encryption bootstrap)"
+                    .to_string(),
+            ));
+        }
+        let rows = self
+            .registry
+            .list_writers()
+            .map_err(|e| ControlError::Key(Box::new(e)))?;
+        let key_id = self
+            .keyring
+            .key_ids()
+            .into_iter()
+            .chain(rows.iter().map(|(key, _)| key.dek_id))
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| ControlError::Refused("no key id is left".to_string()))?;
         let status = self.raft.status();
         let me = self.keyring.node_id();
         for &member in status.voters.iter().chain(&status.learners) {
@@ -576,6 +690,9 @@ impl Control {
                 full_node_id: member,
                 local_epoch: 0,
             };
+            if let Some(reason) = row_refusal(self.registry.as_ref(), &reg)? {
+                return Err(ControlError::Refused(reason));
+            }
             self.propose(registration_entry(&reg)).await?;
         }
         self.propose(rotation_entry(
@@ -592,36 +709,96 @@ impl Control {
     /// # Errors
     /// [`ControlError`].
     pub async fn enable(&self, switch: EnvelopeSwitch) -> Result<sealkv_kv::Outcome, ControlError> {
+        let _serial = self.lead().await?;
         self.propose(switch_entry(switch)).await
     }
 
-    /// Proposes the registrations this node still needs: the ones left from
-    /// startup and any key it is not yet registered for (after a rotation another
-    /// node proposed). Returns how many applied.
+    /// Proposes `registrations` (a node's own, forwarded to the leader, or this
+    /// node's): each must name its node's own row at an epoch not below the
+    /// registry's record. A registration at the recorded epoch is proposed again
+    /// and applies as unchanged. Returns how many applied.
     ///
     /// # Errors
-    /// [`ControlError`] of the first that failed.
+    /// [`ControlError::Refused`] for a registration below the record or over
+    /// another node's row; any other [`ControlError`].
     pub async fn register(
         &self,
-        from_startup: &mut Vec<RegistrationPayload>,
+        registrations: &[RegistrationPayload],
     ) -> Result<usize, ControlError> {
-        let mut regs = std::mem::take(from_startup);
+        let _serial = self.lead().await?;
+        for reg in registrations {
+            if let Some(reason) = row_refusal(self.registry.as_ref(), reg)? {
+                return Err(ControlError::Refused(reason));
+            }
+        }
+        for reg in registrations {
+            self.propose(registration_entry(reg)).await?;
+        }
+        Ok(registrations.len())
+    }
+
+    /// The registrations this node still needs: the ones left from startup and
+    /// any key it is not yet registered for (after a rotation another node
+    /// proposed).
+    pub fn own_registrations(
+        &self,
+        from_startup: &[RegistrationPayload],
+    ) -> Vec<RegistrationPayload> {
+        let mut regs = from_startup.to_vec();
         for reg in self.keyring.pending_registrations() {
             if !regs.contains(&reg) {
                 regs.push(reg);
             }
         }
-        let mut done = 0;
-        while let Some(reg) = regs.first().copied() {
-            if let Err(e) = self.propose(registration_entry(&reg)).await {
-                *from_startup = regs;
-                return Err(e);
-            }
-            regs.remove(0);
-            done += 1;
-        }
-        Ok(done)
+        regs
     }
+
+    /// Registers `registrations` through the leader: here when this node leads,
+    /// else by the leader's admin endpoint.
+    ///
+    /// # Errors
+    /// As [`register`](Self::register); [`ControlError::Forward`] when the leader
+    /// cannot be reached or refuses.
+    pub async fn register_through_leader(
+        &self,
+        registrations: &[RegistrationPayload],
+    ) -> Result<usize, ControlError> {
+        let Some(admin) = self.leader_admin()? else {
+            return self.register(registrations).await;
+        };
+        let body = registrations_json(registrations);
+        let (code, answer) = crate::admin_client::forward(
+            &admin,
+            "/v1/encryption/register-writer",
+            &body,
+            self.keyring.node_id(),
+        )
+        .await
+        .map_err(ControlError::Forward)?;
+        if !(200..300).contains(&code) {
+            let reason = answer["error"].as_str().unwrap_or("no reason given");
+            return Err(ControlError::Forward(format!(
+                "the leader at {admin} answered {code}: {reason}"
+            )));
+        }
+        Ok(registrations.len())
+    }
+}
+
+/// `{"registrations": [{"dek_id", "full_node_id", "local_epoch"}, ...]}`, the body
+/// of a forwarded `POST /v1/encryption/register-writer`.
+pub fn registrations_json(registrations: &[RegistrationPayload]) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = registrations
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "dek_id": r.dek_id,
+                "full_node_id": r.full_node_id,
+                "local_epoch": r.local_epoch,
+            })
+        })
+        .collect();
+    serde_json::json!({ "registrations": rows })
 }
 
 /// The encryption task (see the module docs): runs until `stop` resolves. Sets
@@ -643,15 +820,23 @@ pub async fn maintain(
         if status.halted.is_some() || status.leader_id.is_none() {
             continue;
         }
-        match control.register(&mut to_register).await {
-            Ok(n) => {
-                if n > 0 {
+        let regs = control.own_registrations(&to_register);
+        if !regs.is_empty() {
+            match control.register_through_leader(&regs).await {
+                Ok(n) => {
                     tracing::info!(registrations = n, "registered this node's key epochs");
+                    to_register.clear();
                 }
-                registered.store(true, Ordering::Release);
+                Err(e) => {
+                    tracing::warn!(
+                        "register this node's key epochs: {}",
+                        crate::error_chain(&e)
+                    );
+                    continue;
+                }
             }
-            Err(e) => tracing::warn!("register this node's key epochs: {e}"),
         }
+        registered.store(true, Ordering::Release);
         if status.role != Role::Leader {
             continue;
         }

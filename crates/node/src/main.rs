@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sealkv_encryption::kek::{
     EnvKekProvider, FileKekProvider, KEK_ENV_VAR, KekError, KekProvider, generate_kek_file,
 };
+use sealkv_kv::SizeLimits;
 use sealkv_node::consensus::PeerBook;
 use sealkv_node::encryption::EncryptionConfig;
 use sealkv_node::startup::{self, Config, RaftTuning};
@@ -222,6 +223,14 @@ struct StartArgs {
     /// How long a client waits for a write or a linearizable read, in milliseconds.
     #[arg(long, env = "SEALKV_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
     request_timeout_ms: u64,
+    /// The largest value a write may carry, in bytes; a larger one is answered
+    /// `-ERR value too large` before it is proposed.
+    #[arg(long, env = "SEALKV_MAX_VALUE_BYTES", default_value_t = SizeLimits::default().max_value_bytes)]
+    max_value_bytes: usize,
+    /// The largest Raft entry one write may become, in bytes (TiKV's
+    /// raft-entry-max-size): at least --max-value-bytes plus 64 KiB, at most 256 MiB.
+    #[arg(long, env = "SEALKV_MAX_ENTRY_BYTES", default_value_t = SizeLimits::default().max_entry_bytes)]
+    max_entry_bytes: usize,
     /// Encrypt every stored value and Raft payload. Needs a KEK (--kek-file, or the
     /// base64 key in SEALKV_KEK_BASE64, which is removed from the environment once
     /// read). A new cluster bootstraps its keys by itself; writes wait until the
@@ -393,8 +402,13 @@ fn start(
             compact_keep: args.compact_keep,
             request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
         },
+        sizes: SizeLimits {
+            max_value_bytes: args.max_value_bytes,
+            max_entry_bytes: args.max_entry_bytes,
+        },
         encryption,
     };
+    config.sizes.validate().map_err(anyhow::Error::msg)?;
     if config.id == 0 {
         anyhow::bail!("--id 0 is not a valid node id");
     }

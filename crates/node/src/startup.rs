@@ -42,6 +42,9 @@ pub struct Config {
     pub join: bool,
     /// The Raft driver's timing and compaction.
     pub raft: RaftTuning,
+    /// The largest value and entry a write may carry (`--max-value-bytes`,
+    /// `--max-entry-bytes`).
+    pub sizes: sealkv_kv::SizeLimits,
     /// Encryption: whether it is enabled, and the KEK.
     pub encryption: EncryptionConfig,
 }
@@ -237,7 +240,10 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new().context("register metrics")?);
     let transport = transport::Transport::new(
         config.id,
-        config.redis_addr.clone(),
+        transport::Announce {
+            redis: config.redis_addr.clone(),
+            admin: config.admin_addr.clone(),
+        },
         tokio::runtime::Handle::current(),
     );
     let fsm_reader = fsm.reader();
@@ -251,6 +257,7 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
             compact_threshold: config.raft.compact_threshold,
             compact_keep: config.raft.compact_keep,
             request_timeout: config.raft.request_timeout,
+            max_entry_bytes: config.sizes.max_entry_bytes + sealkv_kv::WRAP_OVERHEAD,
         },
         log,
         Arc::clone(&store),
@@ -305,8 +312,14 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
             Arc::clone(&metrics),
         ));
         let stop = until_stop(stopped.clone());
+        let resp_config = crate::resp::Config {
+            sizes: config.sizes,
+            ..crate::resp::Config::default()
+        };
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = crate::resp::serve(redis_listener, backend, stop).await {
+            if let Err(e) =
+                crate::resp::serve_with(redis_listener, backend, resp_config, stop).await
+            {
                 tracing::error!("redis listener failed: {e}");
             }
         }));
@@ -322,6 +335,8 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
                 kek: Arc::clone(kek),
                 registry: Arc::new(registry),
                 has_user_data: Arc::new(move || has_user_data(store.as_ref())),
+                transport: Arc::clone(&transport),
+                serial: Arc::new(tokio::sync::Mutex::new(())),
             })
         }
         _ => None,

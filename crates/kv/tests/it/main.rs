@@ -4,4 +4,5 @@
 mod commands;
 mod dispatch;
 mod encrypted;
+mod sizes;
 mod support;

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use protobuf::Message as _;
 use raft::prelude::{
     ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
-    Message, Snapshot, SnapshotMetadata,
+    Message, MessageType, Snapshot, SnapshotMetadata,
 };
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use sealkv_encryption::durable::durable_replace;
@@ -50,6 +50,8 @@ use crate::metrics::Metrics;
 const PENDING_SNAPSHOT: &str = "snapshot.pending";
 /// The index of the synthetic snapshot a new cluster's log starts from.
 const BOOTSTRAP_INDEX: u64 = 1;
+/// The entry bytes one append message carries (or one larger entry).
+const MAX_SIZE_PER_MSG: u64 = 1024 * 1024;
 /// How many requests the driver's queue holds before callers are told it is busy.
 const QUEUE: usize = 16 * 1024;
 
@@ -72,6 +74,9 @@ pub struct DriverConfig {
     pub compact_keep: u64,
     /// How long a client waits for its proposal or read before it gets a timeout.
     pub request_timeout: Duration,
+    /// The largest entry proposed: a larger proposal is refused before it reaches
+    /// Raft, and a peer's forwarded proposal carrying one is dropped.
+    pub max_entry_bytes: usize,
 }
 
 /// Why a proposal, read or membership change did not complete.
@@ -89,12 +94,32 @@ pub enum ProposeError {
     /// The proposal or read did not complete in time; a write may still apply.
     #[error("timed out waiting for the cluster")]
     Timeout,
-    /// The driver's queue is full.
+    /// The driver's queue is full, or the leader holds as many uncommitted bytes
+    /// as it takes.
     #[error("node busy: too many requests in flight")]
     Busy,
+    /// The entry is larger than the node proposes.
+    #[error(
+        "entry of {bytes} bytes is larger than the {limit} bytes a node proposes (--max-entry-bytes)"
+    )]
+    TooLarge {
+        /// The entry's length.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The driver has stopped (shutdown or a fatal storage error).
     #[error("raft driver stopped")]
     Stopped,
+    /// The entry would halt or be refused on every replica, so it was not
+    /// proposed; with `retry`, the node was a step behind and a retry may pass.
+    #[error("{reason}")]
+    Refused {
+        /// Why.
+        reason: String,
+        /// Whether a retry may be accepted.
+        retry: bool,
+    },
     /// Raft refused the request (for example an invalid membership change).
     #[error("{0}")]
     Rejected(String),
@@ -484,7 +509,15 @@ pub fn spawn(
         election_tick: config.election_ticks,
         heartbeat_tick: config.heartbeat_ticks,
         applied,
-        max_size_per_msg: 1024 * 1024,
+        // An append message carries at most 1 MiB of entries, or one larger entry
+        // (raft-rs always sends at least one); the leader holds four of the
+        // largest entries uncommitted, at least 16 MiB (one entry always fits when
+        // none is pending).
+        max_size_per_msg: MAX_SIZE_PER_MSG,
+        max_uncommitted_size: u64::try_from(config.max_entry_bytes)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(4)
+            .max(16 * MAX_SIZE_PER_MSG),
         max_inflight_msgs: 256,
         check_quorum: true,
         pre_vote: true,
@@ -628,6 +661,22 @@ impl Driver {
         None
     }
 
+    /// Refuses, before Raft sees it, an entry this node would not append: one
+    /// larger than `max_entry_bytes`, or one the state machine would halt on or
+    /// refuse ([`KvFsm::admit`]).
+    fn admit(&self, data: &[u8]) -> Result<(), ProposeError> {
+        if data.len() > self.config.max_entry_bytes {
+            return Err(ProposeError::TooLarge {
+                bytes: data.len(),
+                limit: self.config.max_entry_bytes,
+            });
+        }
+        self.fsm.admit(data).map_err(|e| ProposeError::Refused {
+            reason: crate::error_chain(&e),
+            retry: e.is_transient(),
+        })
+    }
+
     /// Refuses a membership change that cannot be right before it is proposed: adding
     /// a node that is already a member in that role, removing a node that is not a
     /// member, and removing the last voter (the cluster could never commit again).
@@ -685,9 +734,22 @@ impl Driver {
                 deadline: self.deadline(),
             }),
             Err(e) => {
-                let _ = reply.send(Err(propose_error(e)));
+                let _ = reply.send(Err(self.propose_error(e)));
                 None
             }
+        }
+    }
+
+    /// What a proposal raft-rs refused gets: a leader that drops one holds as many
+    /// uncommitted bytes as it takes (or is handing leadership over); a follower
+    /// drops one when it knows no leader.
+    fn propose_error(&self, e: raft::Error) -> ProposeError {
+        match e {
+            raft::Error::ProposalDropped if self.raw.raft.state == StateRole::Leader => {
+                ProposeError::Busy
+            }
+            raft::Error::ProposalDropped => ProposeError::NoLeader,
+            other => ProposeError::Rejected(other.to_string()),
         }
     }
 
@@ -695,7 +757,7 @@ impl Driver {
         match request {
             Request::Propose { data, reply } => {
                 self.metrics.proposals.inc();
-                if let Some(e) = self.refuse() {
+                if let Some(e) = self.refuse().or_else(|| self.admit(&data).err()) {
                     self.metrics.proposals_failed.inc();
                     let _ = reply.send(Err(e));
                     return;
@@ -745,6 +807,22 @@ impl Driver {
             }
             Request::Step(message) => {
                 if self.halted.is_some() {
+                    return;
+                }
+                if message.get_msg_type() == MessageType::MsgPropose
+                    && let Some(refused) = message
+                        .get_entries()
+                        .iter()
+                        .filter(|e| e.get_entry_type() == EntryType::EntryNormal)
+                        .find_map(|e| self.admit(e.get_data()).err())
+                {
+                    // A forwarded proposal no replica should apply: never appended.
+                    // Its proposer answers its client itself (it checks the same).
+                    self.metrics.proposals_failed.inc();
+                    tracing::warn!(
+                        from = message.from,
+                        "dropped a forwarded proposal: {refused}"
+                    );
                     return;
                 }
                 if let Err(e) = self.raw.step(*message) {
@@ -1078,13 +1156,6 @@ impl Driver {
             *s = status;
         }
         self.shared.applied.send_replace(applied);
-    }
-}
-
-fn propose_error(e: raft::Error) -> ProposeError {
-    match e {
-        raft::Error::ProposalDropped => ProposeError::NoLeader,
-        other => ProposeError::Rejected(other.to_string()),
     }
 }
 

@@ -3,10 +3,10 @@
 //!
 //! ```text
 //! connection start (dialer → listener), once:
-//! +---------+---------+-------------------+
-//! | "SKVR"  | version | sender id u64 BE  | len u8 | sender's Redis address |
-//! | 4 bytes |  02     |                   |        | (UTF-8, len bytes)     |
-//! +---------+---------+-------------------+--------+------------------------+
+//! +---------+---------+------------------+--------+---------------+--------+---------------+
+//! | "SKVR"  | version | sender id u64 BE | len u8 | Redis address | len u8 | admin address |
+//! | 4 bytes |  03     |                  |        | (UTF-8)       |        | (UTF-8)       |
+//! +---------+---------+------------------+--------+---------------+--------+---------------+
 //! then frames:
 //! +--------------+-------------------------------+
 //! | len u32 BE   | raft-rs Message (protobuf)    |
@@ -20,9 +20,11 @@
 //! backoff (100 ms doubling to 2 s). A frame longer than [`MAX_FRAME`] closes the
 //! connection, and a frame's buffer grows only as its bytes arrive.
 //!
-//! The Redis address in the hello is the one the sender was configured with
-//! (`--redis-addr`). A node learns its peers' addresses from their connections, so a
-//! follower can tell clients where the leader serves (`INFO replication`).
+//! The addresses in the hello are the ones the sender was configured with
+//! (`--redis-addr`, `--admin-addr`). A node learns its peers' addresses from their
+//! connections, so a follower can tell clients where the leader serves (`INFO
+//! replication`) and forward an encryption operation to the leader's admin
+//! endpoint.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -39,7 +41,7 @@ use super::{Outbox, RaftHandle};
 /// Magic at the start of every transport connection.
 const MAGIC: &[u8; 4] = b"SKVR";
 /// Transport protocol version.
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 /// Largest frame accepted (a snapshot message carries the whole state machine).
 pub const MAX_FRAME: u32 = 1 << 30;
 /// Messages queued per peer on the normal lane.
@@ -62,8 +64,17 @@ pub struct Transport {
     runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<u64, Lanes>>,
     raft: OnceLock<RaftHandle>,
-    redis_addr: String,
-    redis_addrs: Mutex<HashMap<u64, String>>,
+    announce: Announce,
+    announced: Mutex<HashMap<u64, Announce>>,
+}
+
+/// The addresses a node announces in its hello.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Announce {
+    /// Where it serves Redis clients (`--redis-addr`).
+    pub redis: String,
+    /// Where its admin endpoint listens (`--admin-addr`).
+    pub admin: String,
 }
 
 impl std::fmt::Debug for Transport {
@@ -75,38 +86,50 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// A transport for node `id` whose lanes run on `runtime`; it tells peers that
-    /// this node serves Redis clients at `redis_addr`.
-    pub fn new(id: u64, redis_addr: String, runtime: tokio::runtime::Handle) -> Arc<Transport> {
+    /// A transport for node `id` whose lanes run on `runtime`; it tells peers the
+    /// addresses in `announce`.
+    pub fn new(id: u64, announce: Announce, runtime: tokio::runtime::Handle) -> Arc<Transport> {
         Arc::new(Transport {
             id,
             runtime,
             peers: Mutex::new(HashMap::new()),
             raft: OnceLock::new(),
-            redis_addr,
-            redis_addrs: Mutex::new(HashMap::new()),
+            announce,
+            announced: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The Redis address node `id` announced (this node's own for its id), if known.
-    pub fn redis_addr_of(&self, id: u64) -> Option<String> {
+    /// The addresses node `id` announced (this node's own for its id), if known.
+    fn announced_by(&self, id: u64) -> Option<Announce> {
         if id == self.id {
-            return Some(self.redis_addr.clone());
+            return Some(self.announce.clone());
         }
-        self.redis_addrs
+        self.announced
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&id)
             .cloned()
     }
 
-    fn learn_redis_addr(&self, id: u64, addr: String) {
-        let mut addrs = self.redis_addrs.lock().unwrap_or_else(|e| e.into_inner());
-        if addr.is_empty() {
-            addrs.remove(&id);
-        } else {
-            addrs.insert(id, addr);
-        }
+    /// The Redis address node `id` announced (this node's own for its id), if known.
+    pub fn redis_addr_of(&self, id: u64) -> Option<String> {
+        self.announced_by(id)
+            .map(|a| a.redis)
+            .filter(|a| !a.is_empty())
+    }
+
+    /// The admin address node `id` announced (this node's own for its id), if known.
+    pub fn admin_addr_of(&self, id: u64) -> Option<String> {
+        self.announced_by(id)
+            .map(|a| a.admin)
+            .filter(|a| !a.is_empty())
+    }
+
+    fn learn(&self, id: u64, announce: Announce) {
+        self.announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, announce);
     }
 
     /// Connects the transport to the driver it reports delivery failures to.
@@ -199,7 +222,7 @@ impl Outbox for Arc<Transport> {
 async fn connect(
     addr: &str,
     my_id: u64,
-    redis_addr: &str,
+    announce: &Announce,
 ) -> std::io::Result<BufWriter<TcpStream>> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
@@ -209,10 +232,12 @@ async fn connect(
     writer.write_all(MAGIC).await?;
     writer.write_u8(VERSION).await?;
     writer.write_u64(my_id).await?;
-    // An address too long for the length byte is not announced rather than cut.
-    let announced = u8::try_from(redis_addr.len()).map_or("", |_| redis_addr);
-    writer.write_u8(announced.len() as u8).await?;
-    writer.write_all(announced.as_bytes()).await?;
+    for addr in [&announce.redis, &announce.admin] {
+        // An address too long for the length byte is not announced rather than cut.
+        let announced = u8::try_from(addr.len()).map_or("", |_| addr.as_str());
+        writer.write_u8(announced.len() as u8).await?;
+        writer.write_all(announced.as_bytes()).await?;
+    }
     Ok(writer)
 }
 
@@ -250,7 +275,7 @@ async fn lane(
                 }
                 continue;
             }
-            match connect(&addr, transport.id, &transport.redis_addr).await {
+            match connect(&addr, transport.id, &transport.announce).await {
                 Ok(c) => {
                     tracing::debug!(peer, %addr, snapshots, "connected to raft peer");
                     conn = Some(c);
@@ -308,10 +333,10 @@ async fn lane(
     }
 }
 
-/// Reads a connection's hello: the sender's id and the Redis address it announced.
+/// Reads a connection's hello: the sender's id and the addresses it announced.
 async fn read_hello(
     reader: &mut (impl tokio::io::AsyncRead + Unpin),
-) -> std::io::Result<(u64, String)> {
+) -> std::io::Result<(u64, Announce)> {
     let invalid =
         |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let mut magic = [0u8; 4];
@@ -323,11 +348,15 @@ async fn read_hello(
         ));
     }
     let sender = reader.read_u64().await?;
-    let len = reader.read_u8().await?;
-    let mut addr = vec![0u8; usize::from(len)];
-    reader.read_exact(&mut addr).await?;
-    let addr = String::from_utf8(addr).map_err(|_| invalid("redis address is not UTF-8"))?;
-    Ok((sender, addr))
+    let mut addrs = [String::new(), String::new()];
+    for addr in &mut addrs {
+        let len = reader.read_u8().await?;
+        let mut bytes = vec![0u8; usize::from(len)];
+        reader.read_exact(&mut bytes).await?;
+        *addr = String::from_utf8(bytes).map_err(|_| invalid("address is not UTF-8"))?;
+    }
+    let [redis, admin] = addrs;
+    Ok((sender, Announce { redis, admin }))
 }
 
 /// Accepts peer connections on `listener` and hands every message addressed to this
@@ -365,10 +394,10 @@ async fn receive(
     let my_id = transport.id;
     stream.set_nodelay(true)?;
     let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, stream);
-    let (sender, redis_addr) = tokio::time::timeout(CONNECT_TIMEOUT, read_hello(&mut reader))
+    let (sender, announce) = tokio::time::timeout(CONNECT_TIMEOUT, read_hello(&mut reader))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello"))??;
-    transport.learn_redis_addr(sender, redis_addr);
+    transport.learn(sender, announce);
     loop {
         let len = match reader.read_u32().await {
             Ok(l) => l,

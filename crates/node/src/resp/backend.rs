@@ -59,6 +59,9 @@ pub enum ApiError {
     /// switched on); the client should retry.
     #[error("not ready: {0}")]
     NotReady(String),
+    /// The write is larger than the node takes; it was not proposed.
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// Stored data failed an integrity check (a failed decrypt, a corrupt value).
     #[error("integrity check failed: {0}")]
     Integrity(String),
@@ -78,6 +81,7 @@ impl ApiError {
     /// | `Halted` | `HALTED the state machine is halted: CAUSE` |
     /// | `Timeout` | `TIMEOUT the request timed out; a write may or may not have been applied` |
     /// | `NotReady` | `TRYAGAIN DETAIL` |
+    /// | `TooLarge` | `ERR DETAIL` |
     /// | `Integrity` | `INTEGRITY stored data failed an integrity check: DETAIL` |
     /// | `Internal` | `ERR internal error: DETAIL` |
     ///
@@ -98,6 +102,7 @@ impl ApiError {
                     .to_string()
             }
             ApiError::NotReady(detail) => format!("TRYAGAIN {detail}"),
+            ApiError::TooLarge(detail) => format!("ERR {detail}"),
             ApiError::Integrity(detail) => {
                 format!("INTEGRITY stored data failed an integrity check: {detail}")
             }

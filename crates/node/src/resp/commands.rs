@@ -324,6 +324,11 @@ impl<B: Backend> Cx<'_, B> {
             issued_at_ms: now,
             commands,
         };
+        // Refused here, before it is proposed: an entry no replica could apply must
+        // never reach the log.
+        if let Err(e) = self.shared.config.sizes.check(&request) {
+            return Err(error(format!("ERR {e}")));
+        }
         let replies = self.call(self.shared.backend.write(request)).await?;
         if replies.len() != wanted {
             return Err(error(

@@ -121,6 +121,9 @@ impl fmt::Debug for Clock {
 pub struct Config {
     /// Caps on inbound commands.
     pub limits: Limits,
+    /// Caps on the values and entries a write may carry, checked before it is
+    /// proposed (`--max-value-bytes`, `--max-entry-bytes`).
+    pub sizes: sealkv_kv::SizeLimits,
     /// The most connections served at once; one more is told
     /// `-ERR max number of clients reached` and closed (Redis's `maxclients`).
     pub max_clients: usize,
@@ -135,6 +138,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             limits: Limits::default(),
+            sizes: sealkv_kv::SizeLimits::default(),
             max_clients: 10_000,
             request_timeout: Duration::from_secs(30),
             clock: Clock::system(),

@@ -5,5 +5,6 @@
 mod cli;
 mod cluster;
 mod encryption;
+mod limits;
 mod resp;
 mod support;
