@@ -830,7 +830,7 @@ fn a_learner_gets_the_keys_with_a_snapshot() {
     });
 }
 
-/// Ten `rotate-dek` calls at the same moment, spread over every node, once halted
+/// `rotate-dek` calls at the same moment, ten at a time spread over every node, once halted
 /// every replica ("epoch rollback"): each node chose the next key id from its own
 /// view and registered the others under it. They now run one at a time on the
 /// leader (followers forward them), each with a key id above every id seen: every
@@ -850,42 +850,39 @@ fn concurrent_rotations_leave_a_working_cluster() {
         encryption_on(node);
     }
 
-    let start = std::sync::Barrier::new(10);
-    let results: Vec<(bool, String)> = std::thread::scope(|s| {
-        let calls: Vec<_> = (0..10)
-            .map(|i| {
-                let admin = c.nodes[i % 3].admin.clone();
-                let purpose = if i % 2 == 0 { "storage" } else { "raft" };
-                let start = &start;
-                s.spawn(move || {
-                    start.wait();
-                    let (ok, out, err) = run(sealkv().args([
-                        "encryption",
-                        "rotate-dek",
-                        "--purpose",
-                        purpose,
-                        "--admin-addr",
-                        &admin,
-                    ]));
-                    (ok, format!("{out}{err}"))
+    // Rounds of ten calls on connections opened beforehand, released together and
+    // then spread by a round's spacing, so that some call picks its key id while
+    // another's entries are still being applied (the interleaving that halted).
+    let mut results: Vec<(u16, String)> = Vec::new();
+    for spacing_us in [0u64, 500, 1000, 2000, 4000] {
+        let start = std::sync::Barrier::new(10);
+        let round: Vec<(u16, String)> = std::thread::scope(|s| {
+            let calls: Vec<_> = (0..10)
+                .map(|i| {
+                    let admin = c.nodes[i % 3].admin.clone();
+                    let purpose = if i % 2 == 0 { "storage" } else { "raft" };
+                    let start = &start;
+                    let delay = Duration::from_micros(spacing_us * i as u64);
+                    s.spawn(move || rotate_at_once(&admin, purpose, start, delay))
                 })
-            })
-            .collect();
-        calls
-            .into_iter()
-            .map(|h| h.join().expect("rotate thread"))
-            .collect()
-    });
+                .collect();
+            calls
+                .into_iter()
+                .map(|h| h.join().expect("rotate thread"))
+                .collect()
+        });
+        results.extend(round);
+    }
     let mut rotated = 0;
-    for (ok, text) in &results {
-        if *ok {
-            assert!(text.contains(r#""applied":"rotation""#), "{text}");
+    for (code, body) in &results {
+        if *code == 200 {
+            assert!(body.contains(r#""applied":"rotation""#), "{body}");
             rotated += 1;
         } else {
-            // A refusal names its reason; it is never a halt.
+            // A refusal names its reason and says what to do; it is never a halt.
             assert!(
-                text.contains("refused") || text.contains("retry"),
-                "a failed rotation must say why: {text}"
+                [409, 503].contains(code) && (body.contains("refused") || body.contains("retry")),
+                "a failed rotation must say why: {code} {body}"
             );
         }
     }
@@ -919,4 +916,37 @@ fn concurrent_rotations_leave_a_working_cluster() {
             (keys == leader_keys).then_some(())
         });
     }
+}
+
+/// `POST /v1/encryption/rotate-dek` on a connection opened first, sent `delay` after
+/// every caller reached `start` (a load pattern, not a wait): the answer's status
+/// and body.
+fn rotate_at_once(
+    admin: &str,
+    purpose: &str,
+    start: &std::sync::Barrier,
+    delay: Duration,
+) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(admin).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let body = format!(r#"{{"purpose":"{purpose}"}}"#);
+    let request = format!(
+        "POST /v1/encryption/rotate-dek HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    start.wait();
+    std::thread::sleep(delay);
+    s.write_all(request.as_bytes()).expect("send");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).expect("answer");
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (code, body.to_string())
 }
