@@ -35,7 +35,7 @@ use raft::prelude::{
     ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
     Message, MessageType, Snapshot, SnapshotMetadata,
 };
-use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
+use raft::{GetEntriesContext, RawNode, ReadState, SnapshotStatus, StateRole, Storage as _};
 use sealkv_encryption::durable::durable_replace;
 use sealkv_kv::{KvFsm, Outcome};
 use sealkv_store::{KvStore, RaftLog, RocksStore};
@@ -137,6 +137,27 @@ pub enum DriverError {
     /// raft-rs refused to build the node.
     #[error("start raft node")]
     Raft(#[from] raft::Error),
+    /// The leader has entries acknowledged by this node that its log does not
+    /// hold: the data dir was wiped or restored from an older copy. Raft needs a
+    /// member to keep the log and the vote it acknowledged, and an encrypted node
+    /// would reuse the nonces of its lost epochs, so the node stops.
+    #[error(
+        "node {id}'s raft log ends at index {last_index}, but leader {leader} has it \
+         acknowledged up to index {commit}: this data dir was wiped or restored from an older \
+         copy, and a raft member must keep the log it acknowledged. Replace the node: \
+         `sealkv cluster remove-node --id {id}`, then start an empty data dir under a new id \
+         with --join and `sealkv cluster add-node`"
+    )]
+    LostState {
+        /// This node.
+        id: u64,
+        /// The leader that sent the heartbeat.
+        leader: u64,
+        /// The commit index the leader sent for this node.
+        commit: u64,
+        /// The last index of this node's log.
+        last_index: u64,
+    },
 }
 
 /// A node's Raft role, for status.
@@ -444,6 +465,15 @@ struct Driver {
     changes: HashMap<u64, Waiter<ConfState>>,
     reads: HashMap<u64, Waiter<u64>>,
     halted: Option<String>,
+    /// Whether this node may apply committed entries. A member of a cluster with
+    /// other members applies nothing, not even its own log's committed entries,
+    /// until it has heard from a leader that did not find its state lost (or has
+    /// become leader itself): a data dir wiped or restored from an older copy is
+    /// then refused before its replay seals anything.
+    contact: bool,
+    /// The last committed entry handed out while `contact` was false; applied
+    /// from the log once it is true.
+    skipped_to: u64,
 }
 
 /// Builds the Raft node over `log` and the state machine and starts the driver thread.
@@ -563,6 +593,8 @@ pub fn spawn(
         shared,
         metrics,
         next_id: 1,
+        contact: false,
+        skipped_to: 0,
         proposals: HashMap::new(),
         changes: HashMap::new(),
         reads: HashMap::new(),
@@ -601,7 +633,7 @@ impl Driver {
             let wait = self.config.tick.saturating_sub(last_tick.elapsed());
             match rx.recv_timeout(wait) {
                 Ok(Request::Shutdown) => return Ok(()),
-                Ok(request) => self.handle(request),
+                Ok(request) => self.handle(request)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
@@ -609,7 +641,7 @@ impl Driver {
             for _ in 0..4096 {
                 match rx.try_recv() {
                     Ok(Request::Shutdown) => return Ok(()),
-                    Ok(request) => self.handle(request),
+                    Ok(request) => self.handle(request)?,
                     Err(_) => break,
                 }
             }
@@ -624,6 +656,13 @@ impl Driver {
                 self.on_ready()?;
             }
         }
+    }
+
+    /// Whether this node is the only member of its configuration (it needs no
+    /// leader but itself).
+    fn alone(&self) -> bool {
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        conf.get_voters() == [self.config.id] && conf.get_learners().is_empty()
     }
 
     fn leader(&self) -> Option<u64> {
@@ -753,14 +792,14 @@ impl Driver {
         }
     }
 
-    fn handle(&mut self, request: Request) {
+    fn handle(&mut self, request: Request) -> Result<(), DriverError> {
         match request {
             Request::Propose { data, reply } => {
                 self.metrics.proposals.inc();
                 if let Some(e) = self.refuse().or_else(|| self.admit(&data).err()) {
                     self.metrics.proposals_failed.inc();
                     let _ = reply.send(Err(e));
-                    return;
+                    return Ok(());
                 }
                 let (id, ctx) = self.next_context();
                 let proposed = self.raw.propose(ctx, data);
@@ -774,7 +813,7 @@ impl Driver {
             Request::ConfChange { change, reply } => {
                 if let Some(e) = self.refuse().or_else(|| self.check_change(&change).err()) {
                     let _ = reply.send(Err(e));
-                    return;
+                    return Ok(());
                 }
                 let (id, ctx) = self.next_context();
                 let proposed = self.raw.propose_conf_change(ctx, change);
@@ -785,7 +824,7 @@ impl Driver {
             Request::ReadIndex { reply } => {
                 if let Some(e) = self.refuse() {
                     let _ = reply.send(Err(e));
-                    return;
+                    return Ok(());
                 }
                 let (id, ctx) = self.next_context();
                 self.raw.read_index(ctx);
@@ -807,8 +846,9 @@ impl Driver {
             }
             Request::Step(message) => {
                 if self.halted.is_some() {
-                    return;
+                    return Ok(());
                 }
+                self.check_contact(&message)?;
                 if message.get_msg_type() == MessageType::MsgPropose
                     && let Some(refused) = message
                         .get_entries()
@@ -823,7 +863,7 @@ impl Driver {
                         from = message.from,
                         "dropped a forwarded proposal: {refused}"
                     );
-                    return;
+                    return Ok(());
                 }
                 if let Err(e) = self.raw.step(*message) {
                     tracing::debug!("step raft message: {e}");
@@ -840,6 +880,36 @@ impl Driver {
             }
             Request::Shutdown => {}
         }
+        Ok(())
+    }
+
+    /// Checks a message from a peer before Raft steps it. A heartbeat whose commit
+    /// index is beyond this node's log means the leader holds entries this node
+    /// acknowledged and lost ([`DriverError::LostState`]; raft-rs would panic on
+    /// it). A heartbeat, append or snapshot of the current term that passes is the
+    /// contact with a leader that lets this node apply its log (see `contact`).
+    fn check_contact(&mut self, message: &Message) -> Result<(), DriverError> {
+        let from_leader = matches!(
+            message.get_msg_type(),
+            MessageType::MsgHeartbeat | MessageType::MsgAppend | MessageType::MsgSnapshot
+        );
+        if !from_leader || message.term < self.raw.raft.term {
+            return Ok(());
+        }
+        let last_index = self.raw.raft.raft_log.last_index();
+        if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > last_index {
+            return Err(DriverError::LostState {
+                id: self.config.id,
+                leader: message.from,
+                commit: message.commit,
+                last_index,
+            });
+        }
+        if !self.contact {
+            tracing::info!(leader = message.from, "in contact with the leader");
+            self.contact = true;
+        }
+        Ok(())
     }
 
     fn expire_waiters(&mut self) {
@@ -858,6 +928,7 @@ impl Driver {
         if let Some(ss) = ready.ss() {
             if ss.raft_state == StateRole::Leader {
                 tracing::info!(term = self.raw.raft.term, "became leader");
+                self.contact = true;
             }
             if ss.leader_id == raft::INVALID_ID {
                 // Reads wait for a leader that may never answer; let them retry.
@@ -932,8 +1003,31 @@ impl Driver {
     /// machine in one call (one synced batch); membership changes are applied to
     /// Raft and recorded as applied no-ops in the state machine.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), DriverError> {
+        if !self.contact && !self.alone() {
+            if let Some(last) = entries.last() {
+                self.skipped_to = self.skipped_to.max(last.index);
+            }
+            return Ok(());
+        }
+        let mut entries = entries;
+        let applied = self.fsm.applied_index();
+        if self.skipped_to > applied {
+            // The entries handed out before contact, from the log.
+            let first = entries.first().map_or(self.skipped_to + 1, |e| e.index);
+            let high = first.min(self.skipped_to + 1);
+            let mut missed = self
+                .log
+                .entries(applied + 1, high, None, GetEntriesContext::empty(false))
+                .map_err(log_err)?;
+            self.skipped_to = 0;
+            missed.append(&mut entries);
+            entries = missed;
+        }
         let mut run: Vec<Entry> = Vec::new();
         for entry in entries {
+            if entry.index <= self.fsm.applied_index() {
+                continue;
+            }
             if self.halted.is_some() {
                 return Ok(());
             }

@@ -6,5 +6,6 @@ mod cli;
 mod cluster;
 mod encryption;
 mod limits;
+mod lost_state;
 mod resp;
 mod support;

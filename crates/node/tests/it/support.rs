@@ -113,8 +113,29 @@ impl Node {
         self.extra = extra.iter().map(|s| s.to_string()).collect();
     }
 
-    /// Starts the process with `--peers peers` (empty for none) and any extra flags.
+    /// Starts the process with `--peers peers` (empty for none) and any extra flags,
+    /// and waits until its admin endpoint answers.
     pub fn start(&mut self, peers: &str) {
+        self.spawn(peers);
+        let admin = self.admin.clone();
+        eventually(
+            &format!("node {} admin endpoint", self.id),
+            Duration::from_secs(30),
+            || {
+                if let Some(code) = self.exited() {
+                    panic!(
+                        "node {} exited with {code:?}:\n{}",
+                        self.id,
+                        self.log_text()
+                    );
+                }
+                status(&admin)
+            },
+        );
+    }
+
+    /// Starts the process as [`start`](Self::start) does, without waiting for it.
+    pub fn spawn(&mut self, peers: &str) {
         assert!(self.child.is_none(), "node {} already running", self.id);
         let log = File::options()
             .create(true)
@@ -137,21 +158,6 @@ impl Node {
             .stdout(Stdio::null())
             .stderr(log);
         self.child = Some(cmd.spawn().expect("spawn sealkv"));
-        let admin = self.admin.clone();
-        eventually(
-            &format!("node {} admin endpoint", self.id),
-            Duration::from_secs(30),
-            || {
-                if let Some(code) = self.exited() {
-                    panic!(
-                        "node {} exited with {code:?}:\n{}",
-                        self.id,
-                        self.log_text()
-                    );
-                }
-                status(&admin)
-            },
-        );
     }
 
     /// Whether the process has exited, and how.

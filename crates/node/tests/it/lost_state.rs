@@ -1,0 +1,101 @@
+//! A node whose data dir lost what it acknowledged (wiped, or restored from an
+//! older copy) and is started again under the same id is refused with one line
+//! naming the fix, and the cluster keeps serving. raft-rs used to panic on the
+//! leader's first heartbeat ("commit ... is out of range").
+
+use std::path::Path;
+use std::time::Duration;
+
+use redis::{Commands, RedisResult};
+
+use crate::support::*;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn write_keys(node: &Node, range: std::ops::Range<usize>) {
+    eventually("writes through the leader", LONG, || {
+        let mut c = node.try_redis()?;
+        range
+            .clone()
+            .try_for_each(|i| {
+                let r: RedisResult<()> = c.set(format!("k{i}"), i);
+                r
+            })
+            .ok()
+    });
+}
+
+/// Waits until `node` has applied `k{i} = i` (a stale, local read).
+fn applied(node: &Node, i: usize) {
+    eventually(&format!("node {} to apply k{i}", node.id), LONG, || {
+        let mut c = node.try_redis()?;
+        redis::cmd("READONLY").query::<()>(&mut c).ok()?;
+        let v: Option<usize> = c.get(format!("k{i}")).ok()?;
+        (v == Some(i)).then_some(())
+    });
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let (ok, _, err) = run(std::process::Command::new("cp").arg("-a").arg(from).arg(to));
+    assert!(ok, "cp -a: {err}");
+}
+
+/// Starts `node` on a data dir that lost what it acknowledged and waits for it to
+/// exit: non-zero, with the one line that names the fix.
+fn refused(node: &mut Node, peers: &str) {
+    let before = node.log_text().len();
+    node.spawn(peers);
+    let status = eventually(&format!("node {} to refuse", node.id), LONG, || {
+        node.exited()
+    });
+    node.kill();
+    let log = node.log_text();
+    let log = &log[before..];
+    assert!(!status.success(), "node {} exited cleanly:\n{log}", node.id);
+    assert!(
+        log.contains("was wiped or restored from an older copy")
+            && log.contains(&format!("sealkv cluster remove-node --id {}", node.id)),
+        "node {}:\n{log}",
+        node.id
+    );
+    assert!(!log.contains("panicked"), "node {}:\n{log}", node.id);
+}
+
+#[test]
+fn a_wiped_or_restored_node_is_refused_and_the_cluster_keeps_serving() {
+    let _serial = serial();
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.leader();
+    let victim = c.other_than(leader);
+    let peers = c.peers.clone();
+    write_keys(c.node(leader), 0..50);
+    applied(c.node(victim), 49);
+
+    // An older copy of the victim's data dir, then more writes it acknowledges.
+    assert!(c.node(victim).terminate().success());
+    let data = c.node(victim).data_dir.clone();
+    let copy = c.dir.path().join("copy");
+    copy_dir(&data, &copy);
+    c.node(victim).start(&peers);
+    write_keys(c.node(leader), 50..100);
+    applied(c.node(victim), 99);
+
+    // Restored from the copy: refused.
+    assert!(c.node(victim).terminate().success());
+    std::fs::remove_dir_all(&data).expect("remove data dir");
+    copy_dir(&copy, &data);
+    refused(c.node(victim), &peers);
+
+    // Wiped: refused the same way.
+    std::fs::remove_dir_all(&data).expect("remove data dir");
+    refused(c.node(victim), &peers);
+
+    // The other two go on.
+    write_keys(c.node(leader), 100..120);
+    let other = c
+        .nodes
+        .iter()
+        .find(|n| n.id != leader && n.id != victim)
+        .expect("third node");
+    applied(other, 119);
+}
