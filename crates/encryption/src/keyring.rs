@@ -219,6 +219,23 @@ pub enum KeyringError {
         /// The last epoch the registry records for this node.
         registered: u16,
     },
+    /// The cluster's writer registry records this node under a key at an epoch
+    /// this load would reuse: at or above this load's epoch for a key it holds,
+    /// or above 0 for a key it does not hold (its sidecar was lost). The data dir
+    /// is an earlier copy, or was wiped.
+    #[error(
+        "the cluster's writer registry records this node under key {key_id} at epoch \
+         {recorded}, and this data dir would seal under it at epoch {epoch}: the data dir \
+         is an earlier copy of this node's, or was wiped"
+    )]
+    EarlierCopy {
+        /// The key.
+        key_id: u32,
+        /// The epoch this load would seal at (0 for a key it does not hold).
+        epoch: u16,
+        /// The last epoch the cluster records for this node under the key.
+        recorded: u16,
+    },
     /// No key of this purpose is active: encryption is not bootstrapped.
     #[error("no active {0} key")]
     NoActiveKey(Purpose),
@@ -712,6 +729,35 @@ impl Keyring {
             active_raft,
             keys,
         }
+    }
+
+    /// Checks this load against the cluster's record of this node (the rows of
+    /// the leader's writer registry naming this node: key id and last epoch),
+    /// before the node applies anything. An active key must seal at an epoch above
+    /// the record; a key this node does not hold may only be recorded at epoch 0
+    /// (a registration made for it when it was admitted or a key was rotated,
+    /// before it installed the key). Inactive keys never seal and are not checked.
+    ///
+    /// # Errors
+    /// [`KeyringError::EarlierCopy`] for the first row that fails.
+    pub fn check_cluster_record(&self, rows: &[(u32, u16)]) -> Result<()> {
+        let live = self.read();
+        let active = [live.active(Purpose::Storage), live.active(Purpose::Raft)];
+        for &(key_id, recorded) in rows {
+            let epoch = match live.nonces.get(&key_id) {
+                Some(_) if !active.contains(&Some(key_id)) => continue,
+                Some(state) if state.local_epoch > recorded => continue,
+                Some(state) => state.local_epoch,
+                None if recorded == 0 => continue,
+                None => 0,
+            };
+            return Err(KeyringError::EarlierCopy {
+                key_id,
+                epoch,
+                recorded,
+            });
+        }
+        Ok(())
     }
 
     /// The startup registry check, run after the store is open and before anything

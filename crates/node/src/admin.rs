@@ -14,6 +14,7 @@
 //! | POST   | `/v1/encryption/rotate-dek`  | `{"purpose":"storage"}` or `"raft"`: propose a new active key |
 //! | POST   | `/v1/encryption/register-writer` | propose this node's pending registrations |
 //! | POST   | `/v1/encryption/enable-envelope` | `{"envelope":"storage"}` or `"raft"` |
+//! | GET    | `/v1/encryption/writers/{id}` | on the leader, after a ReadIndex barrier: `{"rows": [{"dek_id", "last_seen_local_epoch"}]}` of node `id` |
 //!
 //! The mutating encryption routes answer 412 Precondition Failed unless the node
 //! runs with encryption enabled and a KEK loaded. They run on the leader only, one
@@ -171,6 +172,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/encryption/rotate-dek", post(encryption_rotate))
         .route("/v1/encryption/register-writer", post(encryption_register))
         .route("/v1/encryption/enable-envelope", post(encryption_enable))
+        .route("/v1/encryption/writers/{id}", get(encryption_writers))
         .with_state(state)
 }
 
@@ -395,7 +397,7 @@ async fn forwarded(
     }
     let from = control.keyring.node_id();
     Some(
-        match crate::admin_client::forward(&admin, path, body, from).await {
+        match crate::admin_client::forward(&admin, path, Some(body), from).await {
             Ok((code, json)) => (
                 StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
                 Json(json),
@@ -590,4 +592,26 @@ async fn encryption_enable(
         return Ok(answer);
     }
     Ok(applied(control.enable(switch).await))
+}
+
+/// The writer-registry rows of node `id` as the leader has them after a ReadIndex
+/// barrier: what a starting node checks its epochs against before it applies
+/// anything. Answered by the leader only (503 elsewhere, to retry at the leader).
+async fn encryption_writers(
+    State(state): State<AdminState>,
+    Path(id): Path<u64>,
+) -> Result<Response, Refusal> {
+    let control = control(&state)?;
+    Ok(match control.record_of(id).await {
+        Ok(rows) => {
+            let rows: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|&(dek_id, last)| {
+                    serde_json::json!({ "dek_id": dek_id, "last_seen_local_epoch": last })
+                })
+                .collect();
+            Json(serde_json::json!({ "rows": rows })).into_response()
+        }
+        Err(e) => control_error(&e),
+    })
 }

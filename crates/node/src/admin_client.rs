@@ -174,26 +174,34 @@ pub fn summarize(status: &Value) -> String {
 /// forwards such a request again.
 pub const FORWARDED_BY: &str = "x-sealkv-forwarded-by";
 
-/// POSTs `body` to `path` on another node's admin endpoint on behalf of node
-/// `from`, from async code: the answer's status and JSON body, whatever the status.
+/// POSTs `body` (or GETs, without one) to `path` on another node's admin endpoint
+/// on behalf of node `from`, from async code: the answer's status and JSON body,
+/// whatever the status.
 ///
 /// # Errors
 /// A sentence when the endpoint cannot be reached or answers with non-JSON.
 pub async fn forward(
     admin_addr: &str,
     path: &str,
-    body: &Value,
+    body: Option<&Value>,
     from: u64,
 ) -> Result<(u16, Value), String> {
     let url = url(admin_addr, path);
-    let body = body.clone();
+    let body = body.cloned();
     let admin = admin_addr.to_string();
     tokio::task::spawn_blocking(move || {
-        let mut response = agent()
-            .post(&url)
-            .header(FORWARDED_BY, from.to_string())
-            .send_json(&body)
-            .map_err(|e| format!("reach the leader's admin endpoint {admin}: {e}"))?;
+        let sent = match body {
+            Some(body) => agent()
+                .post(&url)
+                .header(FORWARDED_BY, from.to_string())
+                .send_json(&body),
+            None => agent()
+                .get(&url)
+                .header(FORWARDED_BY, from.to_string())
+                .call(),
+        };
+        let mut response =
+            sent.map_err(|e| format!("reach the leader's admin endpoint {admin}: {e}"))?;
         let code = response.status().as_u16();
         let text = response
             .body_mut()

@@ -499,6 +499,10 @@ pub struct Control {
     pub transport: Arc<Transport>,
     /// Held for the whole of one operation on the leader.
     pub serial: Arc<tokio::sync::Mutex<()>>,
+    /// Set once this load's epochs passed the check against the cluster's record
+    /// ([`Control::check_record`]); the Raft driver applies nothing before (but
+    /// when it leads, or is alone).
+    pub apply_gate: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Control {
@@ -737,6 +741,75 @@ impl Control {
         Ok(registrations.len())
     }
 
+    /// The cluster's record of node `id` (key id, last epoch), read on the leader
+    /// after a ReadIndex barrier.
+    ///
+    /// # Errors
+    /// [`ControlError::NotLeader`] elsewhere; [`ControlError::Propose`] when the
+    /// barrier fails; [`ControlError::Key`] when the registry cannot be read.
+    pub async fn record_of(&self, id: u64) -> Result<Vec<(u32, u16)>, ControlError> {
+        if self.leader_admin()?.is_some() {
+            return Err(ControlError::NotLeader);
+        }
+        self.raft.linearizable_barrier().await?;
+        let rows = self
+            .registry
+            .list_writers()
+            .map_err(|e| ControlError::Key(Box::new(e)))?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, row)| row.full_node_id == id)
+            .map(|(key, row)| (key.dek_id, row.last_seen_local_epoch))
+            .collect())
+    }
+
+    /// Before this node applies anything: checks its epochs against the leader's
+    /// record of it ([`Keyring::check_cluster_record`]). `Ok(true)` once checked
+    /// (or when this node leads: the driver then applies without it), `Ok(false)`
+    /// to try again later (no leader yet, the leader unreachable).
+    ///
+    /// # Errors
+    /// The line to stop the node with: its data dir is an earlier copy or was
+    /// wiped.
+    pub async fn check_record(&self) -> Result<bool, String> {
+        let admin = match self.leader_admin() {
+            Ok(Some(admin)) => admin,
+            Ok(None) => return Ok(true),
+            Err(_) => return Ok(false),
+        };
+        let me = self.keyring.node_id();
+        let answer =
+            crate::admin_client::forward(&admin, &format!("/v1/encryption/writers/{me}"), None, me)
+                .await;
+        let rows: Vec<(u32, u16)> = match answer {
+            Ok((200, json)) => json["rows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| {
+                    let dek = u32::try_from(r["dek_id"].as_u64()?).ok()?;
+                    let last = u16::try_from(r["last_seen_local_epoch"].as_u64()?).ok()?;
+                    Some((dek, last))
+                })
+                .collect(),
+            Ok((code, json)) => {
+                tracing::debug!(code, "check this node's epochs at the leader: {json}");
+                return Ok(false);
+            }
+            Err(e) => {
+                tracing::debug!("check this node's epochs at the leader: {e}");
+                return Ok(false);
+            }
+        };
+        match self.keyring.check_cluster_record(&rows) {
+            Ok(()) => Ok(true),
+            Err(e) => Err(format!(
+                "node {me}: {e}. Replace the node: `sealkv cluster remove-node --id {me}`, then \
+                 start an empty data dir under a new id with --join and `sealkv cluster add-node`"
+            )),
+        }
+    }
+
     /// The registrations this node still needs: the ones left from startup and
     /// any key it is not yet registered for (after a rotation another node
     /// proposed).
@@ -770,7 +843,7 @@ impl Control {
         let (code, answer) = crate::admin_client::forward(
             &admin,
             "/v1/encryption/register-writer",
-            &body,
+            Some(&body),
             self.keyring.node_id(),
         )
         .await
@@ -810,6 +883,26 @@ pub async fn maintain(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
+    // Before anything applies: this load's epochs against the cluster's record.
+    let mut check = tokio::time::interval(Duration::from_millis(100));
+    while !control.apply_gate.load(Ordering::Acquire) {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = check.tick() => {}
+        }
+        match control.check_record().await {
+            Ok(true) => {
+                tracing::info!("checked this node's key epochs against the cluster's record");
+                control.apply_gate.store(true, Ordering::Release);
+            }
+            Ok(false) => {}
+            Err(line) => {
+                tracing::error!("{line}");
+                control.raft.stop_with(line);
+                return;
+            }
+        }
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {

@@ -247,6 +247,10 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         tokio::runtime::Handle::current(),
     );
     let fsm_reader = fsm.reader();
+    // An encrypted node applies nothing until its epochs passed the check against
+    // the cluster's record (`encryption::maintain`).
+    let apply_gate = (keyring.is_some() && config.encryption.kek.is_some())
+        .then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let (raft, driver) = consensus::spawn(
         DriverConfig {
             id: config.id,
@@ -258,6 +262,7 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
             compact_keep: config.raft.compact_keep,
             request_timeout: config.raft.request_timeout,
             max_entry_bytes: config.sizes.max_entry_bytes + sealkv_kv::WRAP_OVERHEAD,
+            apply_gate: apply_gate.clone(),
         },
         log,
         Arc::clone(&store),
@@ -337,6 +342,9 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
                 has_user_data: Arc::new(move || has_user_data(store.as_ref())),
                 transport: Arc::clone(&transport),
                 serial: Arc::new(tokio::sync::Mutex::new(())),
+                apply_gate: apply_gate
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(std::sync::atomic::AtomicBool::new(true))),
             })
         }
         _ => None,

@@ -388,6 +388,56 @@ fn check_registry_rules() {
     }
 }
 
+/// The check a node runs against the leader's record of it before it applies
+/// anything: this load's epochs are 6 (key 1, active) and 1 (key 2, active); key 3
+/// is held and inactive; key 4 is not held.
+#[test]
+fn check_cluster_record_rules() {
+    // (name, the record: (key, last epoch), the refusal: (key, epoch, recorded))
+    type Case<'a> = (&'a str, &'a [(u32, u16)], Option<(u32, u16, u16)>);
+    let cases: [Case<'_>; 9] = [
+        ("no rows", &[], None),
+        ("every key below", &[(1, 5), (2, 0)], None),
+        ("active key at the epoch", &[(1, 6)], Some((1, 6, 6))),
+        ("active key above", &[(1, 5), (2, 9)], Some((2, 1, 9))),
+        ("inactive key above", &[(3, 40)], None),
+        ("key not held, admitted at 0", &[(4, 0)], None),
+        (
+            "key not held, sealed under before",
+            &[(4, 2)],
+            Some((4, 0, 2)),
+        ),
+        ("an unknown key at 1", &[(9, 1)], Some((9, 0, 1))),
+        ("fine then not", &[(1, 0), (4, 1)], Some((4, 0, 1))),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_sidecar(
+        dir.path(),
+        3,
+        active(1, 2),
+        &[
+            (1, Purpose::Storage, 5),
+            (2, Purpose::Raft, 0),
+            (3, Purpose::Storage, 30),
+        ],
+    );
+    let keyring = open(dir.path()).expect("open");
+    for (name, rows, want) in cases {
+        match (keyring.check_cluster_record(rows), want) {
+            (Ok(()), None) => {}
+            (
+                Err(KeyringError::EarlierCopy {
+                    key_id,
+                    epoch,
+                    recorded,
+                }),
+                Some(w),
+            ) => assert_eq!((key_id, epoch, recorded), w, "{name}"),
+            (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+        }
+    }
+}
+
 #[test]
 fn check_registry_covers_both_active_keys_and_skips_registered_ones() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -77,6 +77,10 @@ pub struct DriverConfig {
     /// The largest entry proposed: a larger proposal is refused before it reaches
     /// Raft, and a peer's forwarded proposal carrying one is dropped.
     pub max_entry_bytes: usize,
+    /// When set, nothing is applied until it is true (an encrypted node's check of
+    /// its epochs against the cluster's record), unless this node leads or is
+    /// alone; the driver sets it when this node becomes leader.
+    pub apply_gate: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Why a proposal, read or membership change did not complete.
@@ -137,6 +141,9 @@ pub enum DriverError {
     /// raft-rs refused to build the node.
     #[error("start raft node")]
     Raft(#[from] raft::Error),
+    /// The node was stopped with a reason (its data dir is an earlier copy).
+    #[error("{0}")]
+    Refused(String),
     /// The leader has entries acknowledged by this node that its log does not
     /// hold: the data dir was wiped or restored from an older copy. Raft needs a
     /// member to keep the log and the vote it acknowledged, and an encrypted node
@@ -236,6 +243,7 @@ enum Request {
         to: u64,
         ok: bool,
     },
+    Fatal(String),
     Shutdown,
 }
 
@@ -359,6 +367,11 @@ impl RaftHandle {
     /// Tells Raft how sending a snapshot to `to` ended.
     pub fn report_snapshot(&self, to: u64, ok: bool) {
         let _ = self.send(Request::SnapshotDone { to, ok });
+    }
+
+    /// Stops the driver with `reason` as its fatal error: the node exits with it.
+    pub fn stop_with(&self, reason: String) {
+        let _ = self.tx.try_send(Request::Fatal(reason));
     }
 
     /// Stops the driver; it finishes the Ready in hand.
@@ -878,6 +891,7 @@ impl Driver {
                 };
                 self.raw.report_snapshot(to, status);
             }
+            Request::Fatal(reason) => return Err(DriverError::Refused(reason)),
             Request::Shutdown => {}
         }
         Ok(())
@@ -929,6 +943,9 @@ impl Driver {
             if ss.raft_state == StateRole::Leader {
                 tracing::info!(term = self.raw.raft.term, "became leader");
                 self.contact = true;
+                if let Some(gate) = &self.config.apply_gate {
+                    gate.store(true, std::sync::atomic::Ordering::Release);
+                }
             }
             if ss.leader_id == raft::INVALID_ID {
                 // Reads wait for a leader that may never answer; let them retry.
@@ -1003,7 +1020,12 @@ impl Driver {
     /// machine in one call (one synced batch); membership changes are applied to
     /// Raft and recorded as applied no-ops in the state machine.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), DriverError> {
-        if !self.contact && !self.alone() {
+        let gate_open = self
+            .config
+            .apply_gate
+            .as_ref()
+            .is_none_or(|g| g.load(std::sync::atomic::Ordering::Acquire));
+        if !(self.alone() || self.contact && gate_open) {
             if let Some(last) = entries.last() {
                 self.skipped_to = self.skipped_to.max(last.index);
             }

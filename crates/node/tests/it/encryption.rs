@@ -950,3 +950,80 @@ fn rotate_at_once(
     let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     (code, body.to_string())
 }
+
+/// An encrypted follower restored from an older copy of its data dir, restarted
+/// after a new leader was elected (so the leader's heartbeat cannot show what it
+/// lost): its epoch equals the one the cluster recorded for its later load, and it
+/// is refused before it applies, and so seals, anything. Then wiped, it is refused
+/// too. The cluster keeps serving.
+#[test]
+fn a_restored_or_wiped_encrypted_node_is_refused_before_it_seals() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek");
+    generate_kek(&kek);
+    let prefix = marker_prefix();
+    let mut c = Cluster::start_in(dir, 3, &encrypted_flags(&kek));
+    let peers = c.peers.clone();
+    let leader = c.leader();
+    set_eventually(c.node(leader), "enc:first", "first");
+    write_marked(c.node(leader), &prefix, 0..100);
+    for node in &c.nodes {
+        encryption_on(node);
+    }
+    let victim = c.other_than(leader);
+
+    // A copy of the victim's data dir; then a restart registers a new epoch.
+    assert!(c.node(victim).terminate().success());
+    let data = c.node(victim).data_dir.clone();
+    let copy = c.dir.path().join("copy");
+    copy_dir(&data, &copy);
+    c.node(victim).start(&peers);
+    eventually("the victim's new epochs registered", LONG, || {
+        let s = encryption_status(c.node(victim));
+        epochs_registered(&s, victim).then_some(())
+    });
+
+    // Restored, after a new leader took over.
+    assert!(c.node(victim).terminate().success());
+    std::fs::remove_dir_all(&data).expect("remove data dir");
+    copy_dir(&copy, &data);
+    assert!(c.node(leader).terminate().success());
+    c.node(leader).start(&peers);
+    let leader = c.leader();
+    let log = refused(c.node(victim), &peers);
+    assert!(log.contains("earlier copy"), "{log}");
+
+    // Wiped.
+    std::fs::remove_dir_all(&data).expect("remove data dir");
+    refused(c.node(victim), &peers);
+
+    set_eventually(c.node(leader), "enc:after", "after");
+    let sample: Vec<usize> = (0..100).step_by(9).collect();
+    read_marked(c.node(leader), &prefix, &sample);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let (ok, _, err) = run(std::process::Command::new("cp").arg("-a").arg(from).arg(to));
+    assert!(ok, "cp -a: {err}");
+}
+
+/// Starts `node` on a data dir that lost what it acknowledged and waits for it to
+/// exit non-zero with a line that names the fix; returns what it logged.
+fn refused(node: &mut Node, peers: &str) -> String {
+    let before = node.log_text().len();
+    node.spawn(peers);
+    let status = eventually(&format!("node {} to refuse", node.id), LONG, || {
+        node.exited()
+    });
+    node.kill();
+    let log = node.log_text()[before..].to_string();
+    assert!(!status.success(), "node {} exited cleanly:\n{log}", node.id);
+    assert!(
+        log.contains("wiped") && log.contains(&format!("remove-node --id {}", node.id)),
+        "node {}:\n{log}",
+        node.id
+    );
+    assert!(!log.contains("panicked"), "node {}:\n{log}", node.id);
+    log
+}
