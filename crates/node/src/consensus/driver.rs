@@ -14,7 +14,8 @@
 //! 6. advance, then handle the light ready the same way.
 //!
 //! Every proposal carries a [`ProposalContext`]: when this node applies an entry
-//! that carries its own id, the waiting client gets the entry's result. A proposal
+//! that carries its own id and this process load's id, the waiting client gets the
+//! entry's result (an entry of an earlier load answers nobody). A proposal
 //! whose index is taken by another entry (a new leader overwrote it) fails with
 //! [`ProposeError::Dropped`]; one whose index is unknown (forwarded to the leader)
 //! fails with [`ProposeError::Timeout`] after the proposal timeout.
@@ -478,6 +479,8 @@ struct Driver {
     changes: HashMap<u64, Waiter<ConfState>>,
     reads: HashMap<u64, Waiter<u64>>,
     halted: Option<String>,
+    /// This process load's random id, in every proposal context.
+    load_id: u64,
     /// Whether this node may apply committed entries. A member of a cluster with
     /// other members applies nothing, not even its own log's committed entries,
     /// until it has heard from a leader that did not find its state lost (or has
@@ -606,6 +609,7 @@ pub fn spawn(
         shared,
         metrics,
         next_id: 1,
+        load_id: super::context::new_load_id(),
         contact: false,
         skipped_to: 0,
         proposals: HashMap::new(),
@@ -687,11 +691,17 @@ impl Driver {
         Instant::now() + self.config.request_timeout
     }
 
+    /// The proposal id of a context this process load proposed.
+    fn own_proposal(&self, context: &[u8]) -> Option<u64> {
+        ProposalContext::own_proposal(context, self.config.id, self.load_id)
+    }
+
     fn next_context(&mut self) -> (u64, Vec<u8>) {
         let id = self.next_id;
         self.next_id += 1;
         let ctx = ProposalContext {
             node_id: self.config.id,
+            load_id: self.load_id,
             proposal_id: id,
         };
         (id, ctx.encode())
@@ -1096,14 +1106,15 @@ impl Driver {
                 break;
             }
             last = entry.index;
-            let Some(ctx) = ProposalContext::decode(entry.get_context()) else {
+            let Some(id) = self.own_proposal(entry.get_context()) else {
                 continue;
             };
-            if ctx.node_id != self.config.id {
-                continue;
-            }
-            if let Some(w) = self.proposals.remove(&ctx.proposal_id) {
-                let result = outcomes.remove(&entry.index).ok_or(ProposeError::Dropped);
+            // A waiter whose entry was appended at another index is not this one's.
+            if let Some(w) = self.proposals.remove(&id) {
+                let result = match w.index {
+                    Some(index) if index != entry.index => Err(ProposeError::Dropped),
+                    _ => outcomes.remove(&entry.index).ok_or(ProposeError::Dropped),
+                };
                 let _ = w.reply.send(result);
             }
         }
@@ -1163,9 +1174,8 @@ impl Driver {
             self.halt_on(entry.index, halted.halt.to_string());
             return Ok(());
         }
-        if let Some(ctx) = ProposalContext::decode(entry.get_context())
-            && ctx.node_id == self.config.id
-            && let Some(w) = self.changes.remove(&ctx.proposal_id)
+        if let Some(id) = self.own_proposal(entry.get_context())
+            && let Some(w) = self.changes.remove(&id)
         {
             let _ = w.reply.send(Ok(cs));
         }
@@ -1218,10 +1228,10 @@ impl Driver {
     }
 
     fn complete_read(&mut self, state: ReadState) {
-        let Some(ctx) = ProposalContext::decode(&state.request_ctx) else {
+        let Some(id) = self.own_proposal(&state.request_ctx) else {
             return;
         };
-        if let Some(w) = self.reads.remove(&ctx.proposal_id) {
+        if let Some(w) = self.reads.remove(&id) {
             let _ = w.reply.send(Ok(state.index));
         }
     }
