@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sealkv_encryption::applier::{Applied, Applier, ApplyError};
+use sealkv_encryption::applier::{Applied, Applier, ApplyError, EnvelopeSwitch};
 use sealkv_encryption::keyring::{Keyring, KeyringError};
 use sealkv_fsmwire::is_encryption_opcode;
 use sealkv_store::mvcc::{EncryptionState, StoredValue, Version, logical_key};
@@ -189,6 +189,23 @@ pub enum ReadError {
     /// enabled on it).
     #[error("value of key {} is encrypted and no storage key is loaded", String::from_utf8_lossy(.0))]
     Encrypted(Vec<u8>),
+    /// A cleartext version above the entry that turned the storage envelope on:
+    /// the state machine seals every version from there, so it was written by
+    /// something else (a flipped header byte, an edited store). Never answered as
+    /// a value or as a delete.
+    #[error(
+        "integrity check failed for the value of key {}: version {version} is in cleartext, \
+         above the storage envelope switch at {switch}",
+        String::from_utf8_lossy(key)
+    )]
+    ClearAfterSwitch {
+        /// The user key.
+        key: Vec<u8>,
+        /// The version's index.
+        version: u64,
+        /// The index of the storage envelope switch.
+        switch: u64,
+    },
     /// The value is encrypted and does not open: it was altered, moved to another
     /// key or version, or sealed under a key this node does not hold. Never
     /// answered with empty or wrong bytes.
@@ -211,6 +228,7 @@ impl ReadError {
     pub fn decrypt_failure_reason(&self) -> Option<&'static str> {
         match self {
             ReadError::Encrypted(_) => Some("no_keyring"),
+            ReadError::ClearAfterSwitch { .. } => Some("cleartext_after_switch"),
             ReadError::Integrity { source, .. } => Some(source.reason().unwrap_or("other")),
             ReadError::Storage(_) => None,
         }
@@ -264,6 +282,10 @@ impl Pending {
         }
     }
 }
+
+/// The metadata row holding the index (8 bytes, big-endian) of the entry that
+/// turned the storage envelope on.
+pub const STORAGE_ENVELOPE_META_KEY: &[u8] = b"storage_envelope_index";
 
 /// The metadata row holding the cluster-wide key state
 /// ([`Keyring::shared_json`]).
@@ -360,6 +382,12 @@ impl KvFsm {
     /// [`StoreError`] when the applied index cannot be read.
     pub fn reload_applied_index(&mut self) -> Result<u64, StoreError> {
         self.applied = self.store.applied_index()?;
+        let from = Reader::new(Arc::clone(&self.store))
+            .storage_from
+            .load(std::sync::atomic::Ordering::Acquire);
+        self.reader
+            .storage_from
+            .store(from, std::sync::atomic::Ordering::Release);
         Ok(self.applied)
     }
 
@@ -549,6 +577,30 @@ impl KvFsm {
                 {
                     pending.batch.put_meta(ENCRYPTION_META_KEY, shared)?;
                 }
+                // The index every later version is sealed from, for the reader's
+                // check of cleartext versions (a replay records it too, in case a
+                // crash came between the sidecar and this batch).
+                let storage_on = matches!(
+                    applied,
+                    Applied::EnvelopeEnabled {
+                        switch: EnvelopeSwitch::Storage,
+                        ..
+                    }
+                ) || (matches!(applied, Applied::Replayed { .. })
+                    && op == sealkv_fsmwire::OP_ROTATION
+                    && matches!(
+                        EnvelopeSwitch::decode(payload),
+                        Ok(Some(EnvelopeSwitch::Storage))
+                    ));
+                if storage_on {
+                    pending.batch.put_meta(
+                        STORAGE_ENVELOPE_META_KEY,
+                        entry.index.to_be_bytes().to_vec(),
+                    )?;
+                    self.reader
+                        .storage_from
+                        .store(entry.index, std::sync::atomic::Ordering::Release);
+                }
                 Ok(Outcome::Encryption(applied))
             }
             other => Err(HaltCause::UnknownOpcode(other)),
@@ -588,7 +640,7 @@ impl KvFsm {
             .as_ref()
             .filter(|k| k.storage_envelope_active());
         let stored = match keyring {
-            Some(keyring) if !value.header.tombstone => {
+            Some(keyring) => {
                 let mut header = value.header;
                 header.encryption = EncryptionState::Encrypted;
                 let body = keyring
@@ -596,7 +648,7 @@ impl KvFsm {
                     .map_err(HaltCause::Seal)?;
                 StoredValue { header, body }
             }
-            _ => value.clone(),
+            None => value.clone(),
         };
         pending.batch.put(key, version, stored)?;
         pending.overlay.insert(key.to_vec(), value);
@@ -720,6 +772,9 @@ pub struct LiveValue {
 pub struct Reader {
     store: Arc<dyn KvStore>,
     keyring: Option<Arc<Keyring>>,
+    /// The index of the entry that turned the storage envelope on (0: not on, or
+    /// applied before it was recorded): every version above it is sealed.
+    storage_from: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -735,9 +790,16 @@ impl Reader {
     /// A reader over `store`, without a keyring: an encrypted value is a
     /// [`ReadError::Encrypted`].
     pub fn new(store: Arc<dyn KvStore>) -> Reader {
+        let from = store
+            .get_meta(STORAGE_ENVELOPE_META_KEY)
+            .ok()
+            .flatten()
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
         Reader {
             store,
             keyring: None,
+            storage_from: Arc::new(std::sync::atomic::AtomicU64::new(from)),
         }
     }
 
@@ -772,14 +834,24 @@ impl Reader {
 
     /// `key`'s stored `version` in cleartext: an encrypted body is opened with the
     /// AAD of its header and storage key (DESIGN.md §6), and the header marked clear.
-    /// Tombstones are never written encrypted, so an encrypted one was altered and
-    /// fails to open like any other.
+    /// Tombstones are sealed too (an empty plaintext), and a cleartext version
+    /// above the entry that turned the storage envelope on was not written by the
+    /// state machine: it is [`ReadError::ClearAfterSwitch`], never a value or a
+    /// delete.
     fn open(&self, key: &[u8], version: Version) -> Result<StoredValue, ReadError> {
         let Version {
             commit_version,
             value,
         } = version;
         if value.header.encryption == EncryptionState::Clear {
+            let from = self.storage_from.load(std::sync::atomic::Ordering::Acquire);
+            if from != 0 && commit_version > from {
+                return Err(ReadError::ClearAfterSwitch {
+                    key: key.to_vec(),
+                    version: commit_version,
+                    switch: from,
+                });
+            }
             return Ok(value);
         }
         let keyring = self

@@ -127,9 +127,9 @@ fn api_error(e: ProposeError) -> ApiError {
 
 fn read_error(e: ReadError) -> ApiError {
     match e {
-        ReadError::Encrypted(_) | ReadError::Integrity { .. } => {
-            ApiError::Integrity(crate::error_chain(&e))
-        }
+        ReadError::Encrypted(_)
+        | ReadError::Integrity { .. }
+        | ReadError::ClearAfterSwitch { .. } => ApiError::Integrity(crate::error_chain(&e)),
         ReadError::Storage(s) => ApiError::Internal(format!("read value: {s}")),
     }
 }

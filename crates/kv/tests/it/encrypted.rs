@@ -303,3 +303,65 @@ fn a_wrapped_entry_that_does_not_open_halts() {
     ));
     assert_eq!(f.fsm.applied_index(), before);
 }
+
+/// Deletes under the storage envelope are sealed tombstones, and no cleartext
+/// version above the switch is believed: flipping one header byte on disk never
+/// silently deletes a value, resurrects one, or returns ciphertext as the value.
+#[test]
+fn tombstones_are_sealed_and_cleartext_after_the_switch_is_an_integrity_error() {
+    let mut f = encrypted(true);
+    let del = |k: &str| {
+        request(vec![sealkv_kv::Command::Delete {
+            keys: vec![k.as_bytes().to_vec()],
+        }])
+    };
+    let writes = vec![
+        request(vec![set("gone", MARKER)]),
+        del("gone"),
+        request(vec![set("kept", MARKER)]),
+        request(vec![set("flat", MARKER)]),
+        request(vec![set("back", MARKER)]),
+        del("back"),
+    ];
+    apply_each(&mut f.fsm, &writes).expect("writes");
+    let store = f.store.as_ref();
+    let tombstone = store
+        .get_at(b"gone", u64::MAX)
+        .expect("get")
+        .expect("tombstone");
+    assert!(tombstone.value.header.tombstone);
+    assert_eq!(
+        tombstone.value.header.encryption,
+        EncryptionState::Encrypted,
+        "a tombstone after the switch is sealed"
+    );
+    assert_eq!(f.fsm.reader().get(b"gone", NOW).expect("read"), None);
+
+    // The tombstone bit flipped off a sealed tombstone: not a resurrection.
+    tamper(store, "back", "back", |v| v.header.tombstone = false);
+    assert_integrity_error(&f.fsm, "back");
+    // A sealed value relabelled cleartext: not its ciphertext as the value.
+    tamper(store, "flat", "flat", |v| {
+        v.header.encryption = EncryptionState::Clear
+    });
+    // A cleartext tombstone written over a live value: not a silent delete.
+    tamper(store, "kept", "kept", |v| {
+        v.header.encryption = EncryptionState::Clear;
+        v.header.tombstone = true;
+        v.body.clear();
+    });
+    for key in ["flat", "kept"] {
+        match f.fsm.reader().get(key.as_bytes(), NOW) {
+            Err(e @ ReadError::ClearAfterSwitch { .. }) => {
+                assert_eq!(e.decrypt_failure_reason(), Some("cleartext_after_switch"));
+            }
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    // The switch index is in the store: a reader opened later refuses the same.
+    let later = sealkv_kv::Reader::new(Arc::clone(&f.store));
+    assert!(matches!(
+        later.get(b"kept", NOW),
+        Err(ReadError::ClearAfterSwitch { .. })
+    ));
+}

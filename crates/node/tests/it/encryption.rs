@@ -720,24 +720,33 @@ fn tampered_value_is_an_integrity_error_and_counted() {
     encryption_on(&node);
     set_eventually(&node, "tampered", "a value worth protecting");
     set_eventually(&node, "intact", "left alone");
+    set_eventually(&node, "relabelled", "sealed, then marked cleartext on disk");
+    set_eventually(&node, "deleted", "deleted, then undeleted on disk");
+    let _: () = node.redis().del("deleted").expect("DEL");
     assert!(node.terminate().success(), "{}", node.log_text());
 
     {
         let store = RocksStore::open(node.data_dir.join("db"), RocksStoreOptions::default())
             .expect("open store");
-        let v = store
-            .get_at(b"tampered", u64::MAX)
-            .expect("get")
-            .expect("present");
-        let mut value = v.value;
-        let byte = value.body.len() - 20;
-        value.body[byte] ^= 0x01;
-        let mut batch = WriteBatch::new();
-        batch
-            .put(b"tampered", v.commit_version, value)
-            .expect("put");
-        batch.set_applied_index(store.applied_index().expect("applied"));
-        store.commit(batch).expect("commit");
+        let rewrite = |key: &[u8], edit: &dyn Fn(&mut sealkv_store::mvcc::StoredValue)| {
+            let v = store.get_at(key, u64::MAX).expect("get").expect("present");
+            let mut value = v.value;
+            edit(&mut value);
+            let mut batch = WriteBatch::new();
+            batch.put(key, v.commit_version, value).expect("put");
+            batch.set_applied_index(store.applied_index().expect("applied"));
+            store.commit(batch).expect("commit");
+        };
+        // One ciphertext byte; one header byte (sealed -> cleartext); the
+        // tombstone bit of a sealed delete.
+        rewrite(b"tampered", &|v| {
+            let byte = v.body.len() - 20;
+            v.body[byte] ^= 0x01;
+        });
+        rewrite(b"relabelled", &|v| {
+            v.header.encryption = sealkv_store::mvcc::EncryptionState::Clear;
+        });
+        rewrite(b"deleted", &|v| v.header.tombstone = false);
     }
 
     node.start("");
@@ -751,11 +760,20 @@ fn tampered_value_is_an_integrity_error_and_counted() {
         .get::<_, Option<String>>("tampered")
         .expect_err("a tampered value");
     assert_eq!(err.code(), Some("INTEGRITY"), "{err}");
+    for key in ["relabelled", "deleted"] {
+        let err = node
+            .redis()
+            .get::<_, Option<String>>(key)
+            .expect_err("a header flipped on disk");
+        assert_eq!(err.code(), Some("INTEGRITY"), "{key}: {err}");
+    }
     let metrics = node.metrics();
-    assert!(
-        metrics.contains("sealkv_decrypt_failures_total{reason=\"integrity\"} 1"),
-        "{metrics}"
-    );
+    for reason in ["integrity\"} 2", "cleartext_after_switch\"} 1"] {
+        assert!(
+            metrics.contains(&format!("sealkv_decrypt_failures_total{{reason=\"{reason}")),
+            "{reason}: {metrics}"
+        );
+    }
 }
 
 /// `key` as `node` has applied it (a stale read), once it equals `value`.
