@@ -945,14 +945,11 @@ impl Keyring {
         let counter = state
             .next_counter()
             .ok_or(KeyringError::NonceExhausted { key_id, epoch })?;
+        let nonce = nonce(self.node_id, epoch, counter);
+        #[cfg(feature = "nonce-ledger")]
+        crate::ledger::record(key_id, &nonce);
         live.keys
-            .seal_envelope(
-                0,
-                key_id,
-                nonce(self.node_id, epoch, counter),
-                plaintext,
-                mode,
-            )
+            .seal_envelope(0, key_id, nonce, plaintext, mode)
             .map_err(|source| KeyringError::Cipher { key_id, source })
     }
 

@@ -17,6 +17,8 @@ pub mod durable;
 pub mod envelope;
 pub mod kek;
 pub mod keyring;
+#[cfg(feature = "nonce-ledger")]
+pub mod ledger;
 pub mod registry;
 pub mod sidecar;
 mod store;

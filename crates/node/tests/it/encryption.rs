@@ -380,6 +380,9 @@ fn encrypted_cluster_stores_no_cleartext() {
             node.id
         );
     }
+    // No (key, nonce) pair was sealed twice, across nodes and process loads.
+    let sealed = assert_no_nonce_repeats(c.dir.path());
+    assert!(sealed > 0, "the nonce ledgers recorded no seal");
 }
 
 /// Runs `sealkv start` for `node`'s data dir and addresses with `flags`, expects it
@@ -657,6 +660,9 @@ fn cleartext_node_moves_to_encryption() {
     let _: () = r.set("newer", "sealed too").expect("SET newer");
     let got: String = r.get("newer").expect("GET newer");
     assert_eq!(got, "sealed too");
+    // No (key, nonce) pair was sealed twice, across nodes and process loads.
+    let sealed = assert_no_nonce_repeats(dir.path());
+    assert!(sealed > 0, "the nonce ledgers recorded no seal");
 }
 
 /// Without encryption the mutating encryption verbs are refused as a failed
@@ -774,6 +780,9 @@ fn tampered_value_is_an_integrity_error_and_counted() {
             "{reason}: {metrics}"
         );
     }
+    // No (key, nonce) pair was sealed twice, across nodes and process loads.
+    let sealed = assert_no_nonce_repeats(dir.path());
+    assert!(sealed > 0, "the nonce ledgers recorded no seal");
 }
 
 /// `key` as `node` has applied it (a stale read), once it equals `value`.
@@ -846,6 +855,9 @@ fn a_learner_gets_the_keys_with_a_snapshot() {
     eventually("the learner's epochs registered", LONG, || {
         epochs_registered(&encryption_status(&learner), 4).then_some(())
     });
+    // No (key, nonce) pair was sealed twice, across nodes and process loads.
+    let sealed = assert_no_nonce_repeats(c.dir.path());
+    assert!(sealed > 0, "the nonce ledgers recorded no seal");
 }
 
 /// `rotate-dek` calls at the same moment, ten at a time spread over every node, once halted
@@ -934,6 +946,9 @@ fn concurrent_rotations_leave_a_working_cluster() {
             (keys == leader_keys).then_some(())
         });
     }
+    // No (key, nonce) pair was sealed twice, across nodes and process loads.
+    let sealed = assert_no_nonce_repeats(c.dir.path());
+    assert!(sealed > 0, "the nonce ledgers recorded no seal");
 }
 
 /// `POST /v1/encryption/rotate-dek` on a connection opened first, sent `delay` after
@@ -1001,6 +1016,16 @@ fn a_restored_or_wiped_encrypted_node_is_refused_before_it_seals() {
         let s = encryption_status(c.node(victim));
         epochs_registered(&s, victim).then_some(())
     });
+    // Values the victim seals in this load, under its new epoch: a restored copy
+    // would replay them under the same epoch (and the nonce ledgers show it).
+    write_marked(c.node(leader), &prefix, 100..200);
+    let target = c.node(leader).status().expect("status")["commit_index"]
+        .as_u64()
+        .expect("commit index");
+    eventually("the victim to apply them", LONG, || {
+        let applied = c.node(victim).status()?["applied_index"].as_u64()?;
+        (applied >= target).then_some(())
+    });
 
     // Restored, after a new leader took over.
     assert!(c.node(victim).terminate().success());
@@ -1019,6 +1044,9 @@ fn a_restored_or_wiped_encrypted_node_is_refused_before_it_seals() {
     set_eventually(c.node(leader), "enc:after", "after");
     let sample: Vec<usize> = (0..100).step_by(9).collect();
     read_marked(c.node(leader), &prefix, &sample);
+    // No (key, nonce) pair was sealed twice, across nodes and process loads.
+    let sealed = assert_no_nonce_repeats(c.dir.path());
+    assert!(sealed > 0, "the nonce ledgers recorded no seal");
 }
 
 fn copy_dir(from: &Path, to: &Path) {

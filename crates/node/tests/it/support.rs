@@ -89,6 +89,7 @@ pub struct Node {
     /// Admin address.
     pub admin: String,
     log: PathBuf,
+    ledger: PathBuf,
     extra: Vec<String>,
     child: Option<Child>,
 }
@@ -103,6 +104,7 @@ impl Node {
             redis: format!("127.0.0.1:{}", free_port()),
             admin: format!("127.0.0.1:{}", free_port()),
             log: dir.join(format!("node{id}.log")),
+            ledger: dir.join(format!("node{id}.{LEDGER_EXT}")),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         }
@@ -154,6 +156,7 @@ impl Node {
             cmd.args(["--peers", peers]);
         }
         cmd.args(&self.extra)
+            .env(sealkv_encryption::ledger::LEDGER_ENV, &self.ledger)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -347,4 +350,35 @@ pub fn add_learner(admin: &str, node: &Node) -> (bool, String, String) {
         "--admin-addr",
         admin,
     ]))
+}
+
+/// The extension of a node's nonce ledger in its cluster's directory. It lives
+/// outside the data dir, so a wiped or restored data dir keeps its record.
+const LEDGER_EXT: &str = "nonces";
+
+/// Reads the nonce ledgers of every node that ran in `dir` (every process load
+/// appends to its node's), checks that no (key, nonce) pair was sealed twice, and
+/// returns how many seals they record.
+pub fn assert_no_nonce_repeats(dir: &Path) -> usize {
+    let mut seen = std::collections::HashMap::new();
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).expect("read cluster dir") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some(LEDGER_EXT) {
+            continue;
+        }
+        for pair in sealkv_encryption::ledger::read(&path).expect("read ledger") {
+            total += 1;
+            if let Some(first) = seen.insert(pair, path.clone()) {
+                panic!(
+                    "key {} nonce {:02x?} sealed twice: in {} and {}",
+                    pair.0,
+                    pair.1,
+                    first.display(),
+                    path.display()
+                );
+            }
+        }
+    }
+    total
 }
