@@ -243,14 +243,31 @@ struct StartArgs {
     kek_file: Option<PathBuf>,
 }
 
-/// Reads the KEK from `SEALKV_KEK_BASE64` and removes the variable from the process
-/// environment, so children and later readers of the environment never see it.
+/// Reads the KEK from `SEALKV_KEK_BASE64`, overwrites its value in the environment
+/// block the process started with (so `/proc/<pid>/environ` shows zeros) and removes
+/// the variable, so children and later readers of the environment never see it.
 #[allow(unsafe_code)]
 fn take_env_kek() -> Option<Result<EnvKekProvider, KekError>> {
     let text = Zeroizing::new(std::env::var(KEK_ENV_VAR).ok()?);
     // SAFETY: called first thing in `main`, before any thread is spawned (no
-    // runtime, no logger thread yet), so nothing reads the environment concurrently.
-    unsafe { std::env::remove_var(KEK_ENV_VAR) };
+    // runtime, no logger thread yet), so nothing reads or writes the environment
+    // concurrently. getenv returns a pointer to the NUL-terminated value inside
+    // the environment block the kernel set up (what /proc/<pid>/environ shows),
+    // and strlen bytes from it are that value's own: overwriting them in place
+    // keeps the block's length and terminator. remove_var then drops the entry.
+    unsafe {
+        let name = std::ffi::CString::new(KEK_ENV_VAR).ok();
+        let value = name
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |n| libc::getenv(n.as_ptr()));
+        if !value.is_null() {
+            let len = libc::strlen(value);
+            for i in 0..len {
+                std::ptr::write_volatile(value.add(i), b'0' as libc::c_char);
+            }
+        }
+        std::env::remove_var(KEK_ENV_VAR);
+    }
     Some(EnvKekProvider::from_base64(&text))
 }
 

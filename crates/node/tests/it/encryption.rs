@@ -1073,3 +1073,29 @@ fn refused(node: &mut Node, peers: &str) -> String {
     assert!(!log.contains("panicked"), "node {}:\n{log}", node.id);
     log
 }
+
+/// The KEK given in `SEALKV_KEK_BASE64` is gone from the running node's
+/// environment, `/proc/<pid>/environ` included (removing the variable alone leaves
+/// it there), and the node runs encrypted with it.
+#[test]
+fn the_env_kek_does_not_stay_in_proc_environ() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = base64(&[0x42; 32]);
+    let mut node = Node::new(dir.path(), 1, &["--encryption-enabled"]);
+    node.set_env("SEALKV_KEK_BASE64", &kek);
+    node.start("");
+    encryption_on(&node);
+    set_eventually(&node, "k", "v");
+    let pid = node.pid().expect("running");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("read environ");
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains(&kek),
+        "the KEK is readable in /proc/{pid}/environ"
+    );
+    assert!(
+        environ.contains("SEALKV_NONCE_LEDGER="),
+        "not the node's environment: {environ}"
+    );
+}

@@ -91,6 +91,7 @@ pub struct Node {
     log: PathBuf,
     ledger: PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -106,8 +107,19 @@ impl Node {
             log: dir.join(format!("node{id}.log")),
             ledger: dir.join(format!("node{id}.{LEDGER_EXT}")),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             child: None,
         }
+    }
+
+    /// Sets an environment variable for the next starts.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Replaces the extra flags the next [`start`](Self::start) passes.
@@ -157,6 +169,7 @@ impl Node {
         }
         cmd.args(&self.extra)
             .env(sealkv_encryption::ledger::LEDGER_ENV, &self.ledger)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
