@@ -328,6 +328,15 @@ pub enum Rejection {
         /// The key the proposer row names.
         row_key_id: u32,
     },
+    /// The entry's DEK has the bytes of a DEK already loaded (or of the entry's
+    /// other DEK): two key ids would share one AES key, and so its nonces.
+    #[error("the DEK of key {key_id} has the same bytes as key {same_as}")]
+    DuplicateKey {
+        /// The key the entry installs.
+        key_id: u32,
+        /// The key with the same bytes.
+        same_as: u32,
+    },
     /// The sidecar is already past this entry and does not hold its keys: the entry
     /// was refused when it was first applied, and a replay refuses it again.
     #[error("refused when first applied (sidecar is at index {sidecar_index})")]
@@ -526,16 +535,25 @@ impl Applier {
 
         let rows = self.plan_rows(&boot.batch_registry, false)?;
         let node = keyring.node_id();
-        let mut new = Vec::with_capacity(2);
+        let mut new: Vec<NewKey> = Vec::with_capacity(2);
         for (purpose, key_id, wrapped) in [
             (Purpose::Storage, boot.storage_dek_id, &boot.wrapped_storage),
             (Purpose::Raft, boot.raft_dek_id, &boot.wrapped_raft),
         ] {
+            let dek = keyring.unwrap(key_id, wrapped)?;
+            let twin = new.iter().find_map(|k| {
+                aws_lc_rs::constant_time::verify_slices_are_equal(k.dek.as_bytes(), dek.as_bytes())
+                    .ok()
+                    .map(|()| k.key_id)
+            });
+            if let Some(same_as) = twin.or_else(|| keyring.holder_of(&dek)) {
+                return reject(Rejection::DuplicateKey { key_id, same_as });
+            }
             new.push(NewKey {
                 key_id,
                 purpose,
                 wrapped: wrapped.clone(),
-                dek: keyring.unwrap(key_id, wrapped)?,
+                dek,
                 local_epoch: rows.own_epoch(key_id, node).unwrap_or(0),
             });
         }
@@ -621,11 +639,18 @@ impl Applier {
         }
 
         let planned = self.plan_rows(&rows, false)?;
+        let dek = keyring.unwrap(rot.dek_id, &rot.wrapped)?;
+        if let Some(same_as) = keyring.holder_of(&dek) {
+            return reject(Rejection::DuplicateKey {
+                key_id: rot.dek_id,
+                same_as,
+            });
+        }
         let new = NewKey {
             key_id: rot.dek_id,
             purpose: rot.purpose,
             wrapped: rot.wrapped.clone(),
-            dek: keyring.unwrap(rot.dek_id, &rot.wrapped)?,
+            dek,
             local_epoch: planned
                 .own_epoch(rot.dek_id, keyring.node_id())
                 .unwrap_or(0),

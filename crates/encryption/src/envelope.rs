@@ -405,6 +405,15 @@ impl Keystore {
         self.slots.get(&key_id).map(|slot| &slot.dek)
     }
 
+    /// The id of a loaded DEK whose bytes equal `dek`'s, compared in constant time.
+    pub fn holder_of(&self, dek: &Dek) -> Option<u32> {
+        self.slots.iter().find_map(|(&id, slot)| {
+            aws_lc_rs::constant_time::verify_slices_are_equal(slot.dek.as_bytes(), dek.as_bytes())
+                .ok()
+                .map(|()| id)
+        })
+    }
+
     /// Whether a DEK is loaded under `key_id`.
     pub fn contains(&self, key_id: u32) -> bool {
         self.slots.contains_key(&key_id)

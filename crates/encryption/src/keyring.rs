@@ -236,6 +236,15 @@ pub enum KeyringError {
         /// The last epoch the cluster records for this node under the key.
         recorded: u16,
     },
+    /// Key state carried by a snapshot has a DEK with the bytes of another key:
+    /// two key ids would share one AES key, and so its nonces.
+    #[error("the DEK of key {key_id} has the same bytes as key {same_as}")]
+    DuplicateDek {
+        /// The key being adopted.
+        key_id: u32,
+        /// The key with the same bytes.
+        same_as: u32,
+    },
     /// No key of this purpose is active: encryption is not bootstrapped.
     #[error("no active {0} key")]
     NoActiveKey(Purpose),
@@ -975,6 +984,11 @@ impl Keyring {
             .map_err(|source| KeyringError::KekDoesNotUnwrap { key_id, source })
     }
 
+    /// The id of a loaded key whose DEK has `dek`'s bytes (constant-time compare).
+    pub(crate) fn holder_of(&self, dek: &Dek) -> Option<u32> {
+        self.read().keys.holder_of(dek)
+    }
+
     /// Installs `new` keys from the entry at `index`, each becoming the active key
     /// of its purpose: writes the new sidecar (with `raft_applied_index = index`)
     /// durably, then swaps the keys in. Older keys stay loaded. The caller has
@@ -1110,11 +1124,20 @@ impl Keyring {
                     }
                     _ => 0,
                 };
+            let dek = self.unwrap(key_id, wrapped)?;
+            let twin = new.iter().find_map(|k: &NewKey| {
+                aws_lc_rs::constant_time::verify_slices_are_equal(k.dek.as_bytes(), dek.as_bytes())
+                    .ok()
+                    .map(|()| k.key_id)
+            });
+            if let Some(same_as) = twin.or_else(|| self.holder_of(&dek)) {
+                return Err(KeyringError::DuplicateDek { key_id, same_as });
+            }
             new.push(NewKey {
                 key_id,
                 purpose,
                 wrapped: wrapped.to_vec(),
-                dek: self.unwrap(key_id, wrapped)?,
+                dek,
                 local_epoch,
             });
             doc.keys.get_or_insert_with(BTreeMap::new).insert(

@@ -1056,3 +1056,47 @@ fn a_node_adopts_the_shared_key_state_of_another() {
     ));
     assert!(!c.keyring.is_bootstrapped());
 }
+
+/// A DEK with the bytes of a loaded key (or of the entry's other key) would give two
+/// key ids one AES key, so one nonce space twice: the entry is refused, the same
+/// way on every replica, and nothing is installed.
+#[test]
+fn a_dek_equal_to_a_loaded_one_is_refused() {
+    // Both keys of a bootstrap with the same bytes.
+    let node = Node::fresh();
+    let mut twins = bootstrap(1, 2, vec![row(1, NODE, 1), row(2, NODE, 1)]);
+    twins.wrapped_raft = wrapped(1);
+    let applied = node
+        .applier
+        .apply(3, OP_BOOTSTRAP, &twins.encode().expect("encode"))
+        .expect("refusal");
+    assert_eq!(
+        applied,
+        Applied::Rejected {
+            reason: Rejection::DuplicateKey {
+                key_id: 2,
+                same_as: 1
+            }
+        }
+    );
+    assert_only_index_recorded(&node, 3);
+
+    // A rotation to new id 3 whose wrapped DEK is key 1's.
+    standard_boot(&node, 10).expect("bootstrap");
+    let mut copy = rotation(3, Purpose::Storage, NODE, 1);
+    copy.wrapped = wrapped(1);
+    assert_eq!(
+        apply_rot(&node, 11, copy).expect("refusal"),
+        Applied::Rejected {
+            reason: Rejection::DuplicateKey {
+                key_id: 3,
+                same_as: 1
+            }
+        }
+    );
+    assert_eq!(node.keyring.key_ids(), [1, 2]);
+    assert_eq!(node.keyring.sidecar_applied_index(), 11);
+    // A fresh key still rotates.
+    apply_rot(&node, 12, rotation(3, Purpose::Storage, NODE, 1)).expect("rotate");
+    assert_eq!(node.keyring.key_ids(), [1, 2, 3]);
+}

@@ -819,7 +819,11 @@ impl Driver {
         match request {
             Request::Propose { data, reply } => {
                 self.metrics.proposals.inc();
-                if let Some(e) = self.refuse().or_else(|| self.admit(&data).err()) {
+                if let Some(e) = self
+                    .refuse()
+                    .or_else(|| self.admit(&data).err())
+                    .or_else(|| proposer_names_itself(&data, self.config.id).err())
+                {
                     self.metrics.proposals_failed.inc();
                     let _ = reply.send(Err(e));
                     return Ok(());
@@ -877,7 +881,11 @@ impl Driver {
                         .get_entries()
                         .iter()
                         .filter(|e| e.get_entry_type() == EntryType::EntryNormal)
-                        .find_map(|e| self.admit(e.get_data()).err())
+                        .find_map(|e| {
+                            self.admit(e.get_data())
+                                .and_then(|()| forwarded_by(e, message.from))
+                                .err()
+                        })
                 {
                     // A forwarded proposal no replica should apply: never appended.
                     // Its proposer answers its client itself (it checks the same).
@@ -1285,6 +1293,41 @@ impl Driver {
     }
 }
 
+/// Refuses a rotate-DEK entry whose proposer row names another node than
+/// `proposer`: a node may only register itself at epoch 1 under a new key.
+fn proposer_names_itself(data: &[u8], proposer: u64) -> Result<(), ProposeError> {
+    let Some((&sealkv_fsmwire::OP_ROTATION, payload)) = data.split_first() else {
+        return Ok(());
+    };
+    let Ok(rotation) = sealkv_fsmwire::RotationPayload::decode(payload) else {
+        // An envelope switch (or a payload admit already refused).
+        return Ok(());
+    };
+    let named = rotation.proposer_registration.full_node_id;
+    if named == proposer {
+        return Ok(());
+    }
+    Err(ProposeError::Refused {
+        reason: format!(
+            "the rotation's proposer row names node {named:#x}, but node {proposer:#x} proposed it"
+        ),
+        retry: false,
+    })
+}
+
+/// For an entry a peer forwarded: its context must be the sending node's, and a
+/// rotation's proposer row must name that node.
+fn forwarded_by(entry: &Entry, from: u64) -> Result<(), ProposeError> {
+    let proposer = ProposalContext::decode(entry.get_context()).map(|ctx| ctx.node_id);
+    if proposer != Some(from) {
+        return Err(ProposeError::Refused {
+            reason: format!("a proposal forwarded by node {from} carries another node's context"),
+            retry: false,
+        });
+    }
+    proposer_names_itself(entry.get_data(), from)
+}
+
 /// A membership change of one node, with the new node's Raft address as context.
 pub fn single_change(kind: ConfChangeType, id: u64, addr: Option<&str>) -> ConfChangeV2 {
     let mut single = ConfChangeSingle::default();
@@ -1296,4 +1339,63 @@ pub fn single_change(kind: ConfChangeType, id: u64, addr: Option<&str>) -> ConfC
         change.set_context(addr.as_bytes().to_vec().into());
     }
     change
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealkv_fsmwire::{
+        OP_ROTATION, Purpose, RegistrationPayload, RotationPayload, RotationSubtag,
+    };
+
+    fn rotation_entry(proposer_row: u64) -> Vec<u8> {
+        let rotation = RotationPayload {
+            subtag: RotationSubtag::RotateDek,
+            dek_id: 3,
+            purpose: Purpose::Storage,
+            wrapped: vec![7; 60],
+            proposer_registration: RegistrationPayload {
+                dek_id: 3,
+                full_node_id: proposer_row,
+                local_epoch: 1,
+            },
+        };
+        let mut data = vec![OP_ROTATION];
+        data.extend(rotation.encode().expect("encode"));
+        data
+    }
+
+    fn forwarded(data: Vec<u8>, node_id: u64) -> Entry {
+        let mut entry = Entry::default();
+        entry.set_data(data.into());
+        let ctx = ProposalContext {
+            node_id,
+            load_id: 9,
+            proposal_id: 1,
+        };
+        entry.set_context(ctx.encode().into());
+        entry
+    }
+
+    #[test]
+    fn a_rotation_may_only_register_its_proposer() {
+        assert_eq!(proposer_names_itself(&rotation_entry(2), 2), Ok(()));
+        assert!(matches!(
+            proposer_names_itself(&rotation_entry(3), 2),
+            Err(ProposeError::Refused { retry: false, .. })
+        ));
+        // Other entries carry no proposer row.
+        assert_eq!(proposer_names_itself(&[0x00, 0x01], 2), Ok(()));
+    }
+
+    #[test]
+    fn a_forwarded_proposal_carries_its_senders_context() {
+        assert_eq!(forwarded_by(&forwarded(rotation_entry(2), 2), 2), Ok(()));
+        // Node 2 forwards a rotation that registers node 3.
+        assert!(forwarded_by(&forwarded(rotation_entry(3), 2), 2).is_err());
+        // Node 2 forwards an entry in node 3's name.
+        assert!(forwarded_by(&forwarded(vec![0x00], 3), 2).is_err());
+        // No context at all.
+        assert!(forwarded_by(&Entry::default(), 2).is_err());
+    }
 }
