@@ -460,6 +460,9 @@ pub struct Keyring {
     /// Serializes sidecar writers (the applier, [`Keyring::set_envelopes`]).
     writer: Mutex<()>,
     warnings: Vec<EpochWarning>,
+    /// Whether the sidecar on disk holds this load's raised epochs; until then
+    /// nothing seals under them ([`Keyring::commit_epochs`]).
+    epochs_durable: AtomicBool,
     #[cfg(any(test, feature = "testing"))]
     crash_point: Mutex<Option<durable::DurableStep>>,
 }
@@ -513,6 +516,26 @@ impl Keyring {
         node_id: u64,
         kek: Arc<dyn KekProvider>,
     ) -> Result<Keyring> {
+        let keyring = Keyring::open_deferred(data_dir, node_id, kek)?;
+        keyring.commit_epochs()?;
+        Ok(keyring)
+    }
+
+    /// Steps 1 to 4 of [`open`](Self::open), and step 5 in memory only: the
+    /// raised epochs are what [`check_registry`](Self::check_registry) and the
+    /// registrations use, but they reach the disk only with
+    /// [`commit_epochs`](Self::commit_epochs), and nothing seals under them
+    /// before. A node runs every other startup check in between, so a start that
+    /// fails (a check refuses, a port is taken) and is retried in a loop does not
+    /// use up epochs.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open), but for [`KeyringError::WriteSidecar`].
+    pub fn open_deferred(
+        data_dir: impl AsRef<Path>,
+        node_id: u64,
+        kek: Arc<dyn KekProvider>,
+    ) -> Result<Keyring> {
         let data_dir = data_dir.as_ref();
         let dir = data_dir.join(SIDECAR_DIR);
         ensure_dir(&dir)?;
@@ -529,6 +552,7 @@ impl Keyring {
         let mut keys = Keystore::new();
         let mut nonces = BTreeMap::new();
         let mut warnings = Vec::new();
+        let mut raised = false;
         let sidecar = match loaded {
             None => None,
             Some(mut doc) => {
@@ -591,13 +615,7 @@ impl Keyring {
                     };
                     nonces.insert(key_id, NonceState::new(purpose, epoch, origin));
                 }
-                if !active.is_empty() {
-                    doc.write(&sidecar_path)
-                        .map_err(|source| KeyringError::WriteSidecar {
-                            path: sidecar_path.clone(),
-                            source,
-                        })?;
-                }
+                raised = !active.is_empty();
                 Some(doc)
             }
         };
@@ -613,9 +631,24 @@ impl Keyring {
             }),
             writer: Mutex::new(()),
             warnings,
+            epochs_durable: AtomicBool::new(!raised),
             #[cfg(any(test, feature = "testing"))]
             crash_point: Mutex::new(None),
         })
+    }
+
+    /// Writes the sidecar with this load's raised epochs durably (step 5 of
+    /// [`open`](Self::open)), once; sealing under them is allowed from then on.
+    ///
+    /// # Errors
+    /// [`KeyringError::WriteSidecar`]; nothing seals under the raised epochs then.
+    pub fn commit_epochs(&self) -> Result<()> {
+        if self.epochs_durable.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _writer = self.lock_writer();
+        let doc = self.read().doc();
+        self.write_sidecar(&doc)
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Live> {
@@ -929,8 +962,9 @@ impl Keyring {
         let active = live
             .active(purpose)
             .ok_or(KeyringError::NoActiveKey(purpose))?;
+        let durable = self.epochs_durable.load(Ordering::Acquire);
         let usable = |s: &NonceState| match s.origin {
-            Origin::Raised => s.registered.load(Ordering::Acquire),
+            Origin::Raised => durable && s.registered.load(Ordering::Acquire),
             Origin::Installed => true,
             Origin::Stale => false,
         };
@@ -1245,7 +1279,10 @@ impl Keyring {
                 })));
             }
         }
-        doc.write(&self.sidecar_path).map_err(write_err)
+        doc.write(&self.sidecar_path).map_err(write_err)?;
+        // Every write carries the live epochs, this load's raised ones included.
+        self.epochs_durable.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Makes the next sidecar write stop right after `step` and fail, leaving the

@@ -83,6 +83,33 @@ pub enum GuardError {
         /// The sidecar.
         path: PathBuf,
     },
+    /// The store holds the cluster's encryption state and encryption is not
+    /// enabled: the node could not read its values nor apply the next key entry.
+    #[error(
+        "the store in {} holds the cluster's encryption keys but encryption is not enabled: \
+         start with --encryption-enabled and the KEK (--kek-file or SEALKV_KEK_BASE64)",
+        data_dir.display()
+    )]
+    KeyStateWithoutEncryption {
+        /// The data dir.
+        data_dir: PathBuf,
+    },
+    /// The sidecar is missing although this node sealed under the cluster's keys.
+    #[error(
+        "{} is missing, but this node sealed under key {key_id} up to epoch {epoch}: a new \
+         sidecar would reuse its nonces. Restore the sidecar that goes with this data dir, or \
+         replace the node (`sealkv cluster remove-node`, then an empty data dir under a new \
+         id with --join and `sealkv cluster add-node`)",
+        path.display()
+    )]
+    SidecarMissing {
+        /// The sidecar.
+        path: PathBuf,
+        /// A key this node is registered under.
+        key_id: u32,
+        /// Its last registered epoch.
+        epoch: u16,
+    },
     /// Encryption is enabled and no KEK is configured.
     #[error(
         "encryption is enabled but no KEK is configured: pass --kek-file PATH or set SEALKV_KEK_BASE64"
@@ -219,17 +246,25 @@ pub fn open_keyring(
     data_dir: &Path,
     node_id: u64,
     registry: &dyn WriterRegistryStore,
+    store_has_key_state: bool,
 ) -> Result<Option<OpenedKeyring>, GuardError> {
     let path = sidecar_path(data_dir);
     if !config.enabled {
         if path.exists() {
             return Err(GuardError::SidecarWithoutEncryption { path });
         }
+        if store_has_key_state {
+            return Err(GuardError::KeyStateWithoutEncryption {
+                data_dir: data_dir.to_path_buf(),
+            });
+        }
         return Ok(None);
     }
     let kek = config.kek.clone().ok_or(GuardError::NoKek)?;
     let kind = kek.kind();
-    let keyring = Keyring::open(data_dir, node_id, kek).map_err(|e| match e {
+    // The raised epochs reach the disk only once every other startup check has
+    // passed (`startup::run` commits them just before the Raft driver starts).
+    let keyring = Keyring::open_deferred(data_dir, node_id, kek).map_err(|e| match e {
         KeyringError::KekDoesNotUnwrap { key_id, .. } => GuardError::KekDoesNotUnwrap {
             kind,
             key_id,
@@ -245,6 +280,26 @@ pub fn open_keyring(
         e @ KeyringError::KekUnavailable { .. } => GuardError::KekUnavailable { kind, source: e },
         other => GuardError::Keyring(other),
     })?;
+    // The store holds the cluster's keys and this node wrote under them (its row
+    // is above epoch 0), but the sidecar with its epochs is gone: a new sidecar
+    // would start its epochs over. (A node that joined and crashed between
+    // installing its first snapshot and adopting its keys has rows at epoch 0
+    // only, and adopts them at startup.)
+    if store_has_key_state && !path.exists() {
+        let rows = registry
+            .list_writers()
+            .map_err(|e| GuardError::Keyring(KeyringError::Registry(e)))?;
+        if let Some((key, row)) = rows
+            .iter()
+            .find(|(_, row)| row.full_node_id == node_id && row.last_seen_local_epoch > 0)
+        {
+            return Err(GuardError::SidecarMissing {
+                path,
+                key_id: key.dek_id,
+                epoch: row.last_seen_local_epoch,
+            });
+        }
+    }
     for warning in keyring.epoch_warnings() {
         tracing::warn!(
             key_id = warning.key_id,

@@ -120,9 +120,18 @@ impl Opened {
             .context("build writer-registry glue")?;
         tracing::info!(step = 2, "built writer-registry glue");
 
-        let keyring =
-            encryption::open_keyring(&config.encryption, &config.data_dir, config.id, &registry)
-                .context("build encryption applier")?;
+        let key_state = store
+            .get_meta(sealkv_kv::ENCRYPTION_META_KEY)
+            .context("read the store's encryption state")?
+            .is_some();
+        let keyring = encryption::open_keyring(
+            &config.encryption,
+            &config.data_dir,
+            config.id,
+            &registry,
+            key_state,
+        )
+        .context("build encryption applier")?;
         let applier = match &keyring {
             Some(opened) => {
                 tracing::info!(
@@ -198,7 +207,11 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         mut fsm,
         keyring,
     } = opened;
+    // Every listener is bound before the key epochs are committed, so a taken port
+    // fails the start without using up an epoch; Redis and admin serve later.
     let raft_listener = bind("raft", &config.raft_addr).await?;
+    let redis_listener = bind("redis", &config.redis_addr).await?;
+    let admin_listener = bind("admin", &config.admin_addr).await?;
     let log = RaftLog::open(&store).context("open raft log")?;
     if consensus::recover_pending_snapshot(&config.data_dir, &store, &log)
         .context("finish installing a snapshot received before a crash")?
@@ -251,6 +264,14 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
     // the cluster's record (`encryption::maintain`).
     let apply_gate = (keyring.is_some() && config.encryption.kek.is_some())
         .then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    if let Some(opened) = &keyring {
+        // The last startup step before anything can seal: this load's raised
+        // epochs, durable in the sidecar.
+        opened
+            .keyring
+            .commit_epochs()
+            .context("write this load's key epochs to the sidecar")?;
+    }
     let (raft, driver) = consensus::spawn(
         DriverConfig {
             id: config.id,
@@ -283,8 +304,6 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         "opened raft log and started raft driver"
     );
 
-    let redis_listener = bind("redis", &config.redis_addr).await?;
-    let admin_listener = bind("admin", &config.admin_addr).await?;
     let local = |l: &TcpListener| l.local_addr().map(|a: SocketAddr| a.to_string());
     let addresses = Addresses {
         raft_addr: local(&raft_listener).context("raft listener address")?,

@@ -1099,3 +1099,67 @@ fn the_env_kek_does_not_stay_in_proc_environ() {
         "not the node's environment: {environ}"
     );
 }
+
+/// The local epochs in a node's sidecar, by key id.
+fn sidecar_epochs(node: &Node) -> Vec<(String, u64)> {
+    let path = node.data_dir.join("encryption").join("keys.json");
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read sidecar")).expect("sidecar JSON");
+    let mut epochs: Vec<(String, u64)> = doc["keys"]
+        .as_object()
+        .expect("keys")
+        .iter()
+        .map(|(id, k)| (id.clone(), k["local_epoch"].as_u64().expect("epoch")))
+        .collect();
+    epochs.sort();
+    epochs
+}
+
+/// A start that fails after the keyring is open (a port in use) leaves the key
+/// epochs as they were: a restart loop does not use them up. A sidecar deleted
+/// after the log was compacted (so no key entry is left to show it) is refused
+/// too, and so is a start without encryption on a store that holds the keys.
+#[test]
+fn failed_starts_keep_their_epochs_and_a_missing_sidecar_is_refused() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek");
+    generate_kek(&kek);
+    let flags = encrypted_flags(&kek);
+    let mut node = Node::new(dir.path(), 1, &flags);
+    node.start("");
+    encryption_on(&node);
+    set_eventually(&node, "k", "v");
+    let (code, body) = http(&node.admin, "POST", "/v1/raft/compact", None).expect("compact");
+    assert_eq!(code, 200, "{body}");
+    assert!(node.terminate().success(), "{}", node.log_text());
+    let before = sidecar_epochs(&node);
+
+    // The Redis port is taken: the start fails, three times, and no epoch moves.
+    let squatter = std::net::TcpListener::bind(&node.redis).expect("take the redis port");
+    for _ in 0..3 {
+        start_refused(&node, &flags, None, "redis");
+    }
+    drop(squatter);
+    assert_eq!(
+        sidecar_epochs(&node),
+        before,
+        "a failed start used up epochs"
+    );
+    node.start("");
+    let after = sidecar_epochs(&node);
+    assert!(
+        before.iter().zip(&after).all(|(b, a)| a.1 <= b.1 + 1),
+        "one start raises an epoch by one at most: {before:?} -> {after:?}"
+    );
+    set_eventually(&node, "k2", "v2");
+    assert!(node.terminate().success(), "{}", node.log_text());
+
+    // The sidecar is deleted: refused, with or without encryption.
+    std::fs::remove_file(node.data_dir.join("encryption").join("keys.json"))
+        .expect("delete the sidecar");
+    start_refused(&node, &flags, None, "keys.json is missing");
+    start_refused(&node, &[], None, "holds the cluster's encryption keys");
+    let sealed = assert_no_nonce_repeats(dir.path());
+    assert!(sealed > 0, "the nonce ledgers recorded no seal");
+}
