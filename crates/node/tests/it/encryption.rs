@@ -931,6 +931,25 @@ fn concurrent_rotations_leave_a_working_cluster() {
         read_marked(node, &prefix, &sample);
         set_eventually(node, &format!("after:{}", node.id), "after");
     }
+    // The other operations are forwarded by a follower too.
+    let follower = c.other_than(leader);
+    for (path, body) in [
+        ("/v1/encryption/enable-envelope", r#"{"envelope":"raft"}"#),
+        ("/v1/encryption/register-writer", ""),
+    ] {
+        let (code, answer) =
+            http(&c.node(follower).admin, "POST", path, Some(body)).expect("admin answer");
+        assert_eq!(code, 200, "{path} through node {follower}: {answer}");
+    }
+    let (code, answer) = http(
+        &c.node(follower).admin,
+        "POST",
+        "/v1/encryption/bootstrap",
+        Some("{}"),
+    )
+    .expect("admin answer");
+    assert_eq!(code, 409, "a second bootstrap is refused: {answer}");
+    assert!(answer.contains("bootstrapped already"), "{answer}");
     let leader_keys = encryption_status(c.node(leader))["keys"]
         .as_array()
         .expect("keys")
