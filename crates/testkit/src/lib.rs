@@ -1,7 +1,7 @@
 //! Test support shared by sealkv's crates: loading the elastickv golden vectors.
 //!
-//! The vector directory comes from `SEALKV_VECTORS_DIR`, defaulting to
-//! `shared/vectors` beside the workspace root. A missing directory or file fails the
+//! The vector directory comes from `SEALKV_VECTORS_DIR`, defaulting to the
+//! repository's own `vectors/` directory. A missing directory or file fails the
 //! test that asked for it; it is never a skip. Pointing the variable at another
 //! directory with the same schema (the holdout set) runs the same tests over it.
 
@@ -24,7 +24,7 @@ pub fn vectors_dir() -> PathBuf {
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    manifest_dir.join("../../../shared/vectors")
+    manifest_dir.join("../../vectors")
 }
 
 /// Reads and parses one vector file, panicking with its path when it is missing.
