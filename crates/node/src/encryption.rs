@@ -705,6 +705,12 @@ impl Control {
         let status = self.raft.status();
         let mut members = status.voters.clone();
         members.extend(&status.learners);
+        if let Some((a, b)) = low16_collision(&members) {
+            return Err(ControlError::Refused(format!(
+                "members {a} and {b} share their low 16 bits, so they would build the same \
+                 nonces: replace one of them under another id before bootstrapping"
+            )));
+        }
         self.propose(bootstrap_entry(self.kek.as_ref(), &members)?)
             .await
     }
@@ -913,6 +919,17 @@ impl Control {
     }
 }
 
+/// Two of `ids` whose low 16 bits are equal, if any: under one key they would
+/// build the same nonces (DESIGN.md §5).
+pub fn low16_collision(ids: &[u64]) -> Option<(u64, u64)> {
+    ids.iter().enumerate().find_map(|(i, &a)| {
+        ids.iter()
+            .skip(i + 1)
+            .find(|&&b| a & 0xFFFF == b & 0xFFFF && a != b)
+            .map(|&b| (a, b))
+    })
+}
+
 /// `{"registrations": [{"dek_id", "full_node_id", "local_epoch"}, ...]}`, the body
 /// of a forwarded `POST /v1/encryption/register-writer`.
 pub fn registrations_json(registrations: &[RegistrationPayload]) -> serde_json::Value {
@@ -1027,5 +1044,19 @@ fn next_step(control: &Control) -> Option<Step> {
         Some(Step::Raft)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::low16_collision;
+
+    #[test]
+    fn ids_that_share_their_low_16_bits_collide() {
+        assert_eq!(low16_collision(&[1, 2, 3]), None);
+        assert_eq!(low16_collision(&[1, 2, 0x1_0001]), Some((1, 0x1_0001)));
+        assert_eq!(low16_collision(&[0x2_0005, 7, 0x5]), Some((0x2_0005, 5)));
+        // The same id twice is one node, not a collision.
+        assert_eq!(low16_collision(&[4, 4]), None);
     }
 }

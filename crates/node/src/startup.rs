@@ -244,6 +244,14 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
     } else {
         flag_peers.ids()
     };
+    if config.encryption.enabled
+        && let Some((a, b)) = encryption::low16_collision(&flag_peers.ids())
+    {
+        bail!(
+            "--peers: node ids {a} and {b} share their low 16 bits; on an encrypted cluster \
+             they would build the same nonces: give every node an id with different low 16 bits"
+        );
+    }
     if !config.join && !initial_voters.contains(&config.id) {
         bail!(
             "start raft: --peers does not list this node's id {} (use --join to join an existing cluster)",

@@ -1182,3 +1182,25 @@ fn failed_starts_keep_their_epochs_and_a_missing_sidecar_is_refused() {
     let sealed = assert_no_nonce_repeats(dir.path());
     assert!(sealed > 0, "the nonce ledgers recorded no seal");
 }
+
+/// Two members whose ids share their low 16 bits would build the same nonces: an
+/// encrypted node started with such `--peers` is refused before anything is
+/// proposed (a cleartext cluster does not use the low bits and starts).
+#[test]
+fn peers_that_share_their_low_16_bits_are_refused_when_encrypted() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek");
+    generate_kek(&kek);
+    let node = Node::new(dir.path(), 1, &[]);
+    let other = format!("127.0.0.1:{}", free_port());
+    let peers = format!("1={},65537={other}", node.raft);
+    let mut flags = encrypted_flags(&kek);
+    flags.extend(["--peers", peers.as_str()]);
+    let line = start_refused(&node, &flags, None, "share their low 16 bits");
+    assert!(line.contains("1 and 65537"), "{line}");
+    assert!(
+        !node.data_dir.join("encryption").join("keys.json").exists(),
+        "a refused start wrote a sidecar"
+    );
+}
