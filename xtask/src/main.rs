@@ -4,6 +4,8 @@
 //! * `prereqs` — check (and on Debian as root, install) the system packages the
 //!   RocksDB build needs.
 //! * `layering` — fail if a low-level crate depends on a heavy one.
+//! * `run` — check the prerequisites, then build and run the release `sealkv`
+//!   binary with the given arguments (`start` when none).
 //! * `cluster` — build `sealkv` and run a local three-node cluster.
 //! * `bench` — criterion micro-benchmarks and redis-benchmark against a local cluster.
 
@@ -67,15 +69,19 @@ fn main() -> anyhow::Result<()> {
         "ci" => ci(),
         "prereqs" => prereqs(),
         "layering" => layering(),
+        "run" => run_sealkv(&std::env::args().skip(2).collect::<Vec<_>>()),
         "cluster" => cluster::cluster(&std::env::args().skip(2).collect::<Vec<_>>()),
         "bench" => bench::bench(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
-            eprintln!("usage: cargo xtask <ci|prereqs|layering|cluster|bench>");
+            eprintln!("usage: cargo xtask <ci|prereqs|layering|run|cluster|bench>");
             eprintln!(
                 "  ci        prerequisites, fmt, clippy, tests, docs, layering (what CI runs)"
             );
             eprintln!("  prereqs   check or install libclang and a C++ compiler for RocksDB");
             eprintln!("  layering  check that low-level crates do not depend on heavy ones");
+            eprintln!(
+                "  run       check prerequisites, then run the release sealkv (default: start)"
+            );
             eprintln!("  cluster   run a local three-node cluster (--fresh: empty data dirs)");
             eprintln!(
                 "  bench     criterion benches and redis-benchmark on a local cluster (--micro, --cluster)"
@@ -114,6 +120,24 @@ fn run(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo xtask run [ARGS]`: the prerequisites first (RocksDB's build needs
+/// libclang and a C++ compiler), then `cargo run --release --bin sealkv -- ARGS`.
+fn run_sealkv(args: &[String]) -> anyhow::Result<()> {
+    prereqs()?;
+    let args = args.strip_prefix(&["--".to_string()]).unwrap_or(args);
+    let args: Vec<String> = if args.is_empty() {
+        vec!["start".to_string()]
+    } else {
+        args.to_vec()
+    };
+    run(
+        "cargo run --release --bin sealkv",
+        cargo()
+            .args(["run", "--release", "--bin", "sealkv", "--"])
+            .args(&args),
+    )
+}
+
 fn ci() -> anyhow::Result<()> {
     prereqs()?;
     run(
@@ -133,6 +157,12 @@ fn ci() -> anyhow::Result<()> {
         ]),
     )?;
     run("cargo test", cargo().args(["test", "--workspace"]))?;
+    // Each criterion bench once, as a test: a bench that no longer builds or runs
+    // fails CI instead of waiting for the next `cargo xtask bench`.
+    run(
+        "cargo test --benches",
+        cargo().args(["test", "--workspace", "--benches"]),
+    )?;
     run(
         "cargo doc",
         cargo()
