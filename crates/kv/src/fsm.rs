@@ -259,11 +259,10 @@ pub struct KvFsm {
 impl std::fmt::Debug for KvFsm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KvFsm")
-            .field("store", &self.store.kind())
             .field("encryption", &self.encryption.is_some())
             .field("applied", &self.applied)
             .field("halt", &self.halt)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -780,9 +779,8 @@ pub struct Reader {
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
-            .field("store", &self.store.kind())
             .field("keyring", &self.keyring.is_some())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

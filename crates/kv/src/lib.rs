@@ -5,25 +5,45 @@
 //! entries in order. It never opens a socket and knows nothing of the Raft library
 //! that drives it:
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
 //! use sealkv_encryption::applier::Applier;
-//! use sealkv_kv::{Command, Entry, KvFsm, KvRequest, PutCondition, Reply};
-//! use sealkv_store::{KvStore, RocksStore, RocksStoreOptions, RocksWriterRegistry};
+//! use sealkv_kv::{Command, Entry, KvFsm, KvRequest, Outcome, PutCondition, Reply, SizeLimits};
+//! use sealkv_store::{RocksStore, RocksStoreOptions, RocksWriterRegistry};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let store: Arc<dyn KvStore> = Arc::new(RocksStore::open("/tmp/fsm", RocksStoreOptions::default())?);
-//! let registry = RocksWriterRegistry::from_store(store.as_ref())?;
+//! let dir = tempfile::tempdir()?;
+//! let store = Arc::new(RocksStore::open(dir.path(), RocksStoreOptions::default())?);
+//! let registry = RocksWriterRegistry::from_store(&store)?;
 //! let mut fsm = KvFsm::new(store)?.with_encryption(Applier::new(Arc::new(registry)));
 //!
-//! let set = KvRequest {
-//!     issued_at_ms: 1_700_000_000_000,
-//!     commands: vec![Command::Put { key: b"k".to_vec(), value: b"v".to_vec(), expire_at_ms: 0, condition: PutCondition::Always }],
+//! // A front end checks a request against its size limits, then proposes the
+//! // entry; here it is "committed" at once.
+//! let now = 1_700_000_000_000;
+//! let put = |condition| Command::Put {
+//!     key: b"greeting".to_vec(),
+//!     value: b"hello".to_vec(),
+//!     expire_at_ms: 0,
+//!     condition,
 //! };
+//! let set = KvRequest { issued_at_ms: now, commands: vec![put(PutCondition::Always)] };
+//! SizeLimits::default().check(&set)?;
 //! let data = set.to_entry()?;
-//! let outcomes = fsm.apply(&[Entry { index: fsm.applied_index() + 1, data: &data }])?;
-//! assert_eq!(fsm.get(b"k", 1_700_000_000_000)?, Some(b"v".to_vec()));
-//! # let _ = (outcomes, Reply::Ok); Ok(()) }
+//! let out = fsm.apply(&[Entry { index: 1, data: &data }])?;
+//! assert_eq!(out[0].outcome, Outcome::Kv(vec![Reply::Ok]));
+//! assert_eq!(fsm.get(b"greeting", now)?, Some(b"hello".to_vec()));
+//!
+//! // SET NX on a live key does nothing: a reply, not an error.
+//! let nx = KvRequest { issued_at_ms: now, commands: vec![put(PutCondition::IfAbsent)] };
+//! let data = nx.to_entry()?;
+//! let out = fsm.apply(&[Entry { index: 2, data: &data }])?;
+//! assert_eq!(out[0].outcome, Outcome::Kv(vec![Reply::Nil]));
+//!
+//! // The empty entry a new Raft leader appends is a no-op that still counts.
+//! let out = fsm.apply(&[Entry { index: 3, data: &[] }])?;
+//! assert_eq!(out[0].outcome, Outcome::Noop);
+//! assert_eq!(fsm.applied_index(), 3);
+//! # Ok(()) }
 //! ```
 //!
 //! A halt is not an error to log and move past: see [`Halt`].

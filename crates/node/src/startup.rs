@@ -115,9 +115,8 @@ impl Opened {
         );
         tracing::info!(step = 1, path = %db_dir.display(), "opened store");
 
-        let as_kv: Arc<dyn KvStore> = Arc::clone(&store) as Arc<dyn KvStore>;
-        let registry = RocksWriterRegistry::from_store(as_kv.as_ref())
-            .context("build writer-registry glue")?;
+        let registry =
+            RocksWriterRegistry::from_store(&store).context("build writer-registry glue")?;
         tracing::info!(step = 2, "built writer-registry glue");
 
         let key_state = store
@@ -154,7 +153,7 @@ impl Opened {
             }
         };
 
-        let fsm = KvFsm::new(as_kv)
+        let fsm = KvFsm::new(Arc::clone(&store) as Arc<dyn KvStore>)
             .context("build state machine")?
             .with_encryption(applier);
 
@@ -358,7 +357,7 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
     }
     let control = match (&keyring, &config.encryption.kek) {
         (Some(opened), Some(kek)) => {
-            let registry = RocksWriterRegistry::from_store(store.as_ref() as &dyn KvStore)
+            let registry = RocksWriterRegistry::from_store(&store)
                 .context("build writer-registry glue for the admin endpoint")?;
             let store = Arc::clone(&store);
             Some(Control {

@@ -1,6 +1,6 @@
 //! sealkv's storage layer: the [`KvStore`] trait the state machine writes through,
-//! its RocksDB implementation ([`RocksStore`]) and an in-memory one for unit tests
-//! ([`MemoryStore`]), the writer-registry glue ([`RocksWriterRegistry`]) that
+//! its RocksDB implementation ([`RocksStore`]) and, behind the `testing` feature,
+//! an in-memory one for unit tests (`MemoryStore`), the writer-registry glue ([`RocksWriterRegistry`]) that
 //! backs the encryption applier with durable RocksDB rows, and the durable Raft log
 //! ([`RaftLog`], a raft-rs [`raft::Storage`]) in the same RocksDB database.
 //!
@@ -11,32 +11,44 @@
 //! another node with [`RocksStore::install_snapshot`] followed by
 //! [`RaftLog::apply_snapshot`].
 //!
-//! ```no_run
-//! use std::sync::Arc;
-//! use sealkv_store::{KvStore, RocksStore, RocksStoreOptions, RocksWriterRegistry, WriteBatch};
+//! ```
+//! use sealkv_encryption::WriterRegistryStore;
+//! use sealkv_encryption::registry::{WriterKey, WriterRecord};
 //! use sealkv_store::mvcc::StoredValue;
+//! use sealkv_store::{KvStore, RocksStore, RocksStoreOptions, RocksWriterRegistry, WriteBatch};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let store: Arc<dyn KvStore> = Arc::new(RocksStore::open("/tmp/data", RocksStoreOptions::default())?);
-//! // The glue refuses any store it cannot back durably.
-//! let registry = RocksWriterRegistry::from_store(store.as_ref())?;
+//! let dir = tempfile::tempdir()?;
+//! let store = RocksStore::open(dir.path(), RocksStoreOptions::default())?;
 //!
+//! // Versions of user values and the applied index land together, synced.
 //! let mut batch = WriteBatch::new();
-//! batch.put(b"k", 1, StoredValue::clear(b"v".to_vec(), 0))?;
+//! batch.put(b"greeting", 1, StoredValue::clear(b"hello".to_vec(), 0))?;
 //! batch.set_applied_index(1);
-//! store.commit(batch)?; // atomic and synced
+//! store.commit(batch)?;
+//! let latest = store.get_at(b"greeting", u64::MAX)?.expect("written");
+//! assert_eq!(latest.value.body, b"hello");
 //! assert_eq!(store.applied_index()?, 1);
-//! # drop(registry); Ok(()) }
+//!
+//! // The encryption applier's writer registry lives in the same database, in its
+//! // own column family; the glue takes the RocksDB store by type.
+//! let registry = RocksWriterRegistry::from_store(&store)?;
+//! let slot = WriterKey::for_node(1, 7);
+//! let row = WriterRecord { full_node_id: 7, first_seen_local_epoch: 1, last_seen_local_epoch: 1 };
+//! registry.put_writers(&[(slot, row)])?;
+//! assert_eq!(registry.get_writer(slot)?, Some(row));
+//! # Ok(()) }
 //! ```
 //!
 //! The Raft log, driven by the Ready protocol:
 //!
-//! ```no_run
+//! ```
 //! use raft::prelude::{ConfState, Entry, HardState};
 //! use sealkv_store::{RaftLog, RocksStore, RocksStoreOptions};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = RocksStore::open("/tmp/data", RocksStoreOptions::default())?;
+//! let dir = tempfile::tempdir()?;
+//! let store = RocksStore::open(dir.path(), RocksStoreOptions::default())?;
 //! let log = RaftLog::open(&store)?;
 //! if log.is_fresh() {
 //!     let mut peers = ConfState::default();
@@ -63,15 +75,15 @@ mod batch;
 #[cfg(feature = "testing")]
 pub mod conformance;
 mod dump;
+#[cfg(any(test, feature = "testing"))]
 mod memory;
 pub mod mvcc;
 mod raftlog;
 mod registry;
 mod rocks;
 
-use std::any::Any;
-
 pub use batch::{BatchOp, WriteBatch};
+#[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryStore;
 pub use raftlog::{RaftLog, RaftLogError};
 pub use registry::{RegistryGlueError, RocksWriterRegistry};
@@ -81,6 +93,7 @@ use mvcc::Version;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// A user write targets the reserved encryption keyspace (`!encryption|...`).
     #[error(
@@ -126,12 +139,9 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 ///   version is at most `at` (use `u64::MAX` for the latest), tombstones included.
 ///   `None` means the key has no such version.
 /// * [`applied_index`](Self::applied_index) is `0` on a fresh store.
-/// * A store is `Any` so that glue code can tell which implementation it holds and
-///   refuse the ones it cannot back (see [`RocksWriterRegistry::from_store`]).
-pub trait KvStore: Any + Send + Sync {
-    /// A short name of the implementation, for errors and status ("rocksdb", "memory").
-    fn kind(&self) -> &'static str;
-
+/// * Glue that needs a particular implementation takes it by type (see
+///   [`RocksWriterRegistry::from_store`]), not through this trait.
+pub trait KvStore: Send + Sync {
     /// The newest version of `key` with commit version `<= at`.
     fn get_at(&self, key: &[u8], at: u64) -> Result<Option<Version>>;
 

@@ -1,5 +1,5 @@
-//! [`MemoryStore`]: a [`KvStore`] held in memory, for unit tests only. It is not
-//! durable, and the writer-registry glue refuses it.
+//! [`MemoryStore`]: a [`KvStore`] held in memory, for unit tests only (feature
+//! `testing`). It is not durable, and the writer-registry glue does not take it.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -35,10 +35,6 @@ impl MemoryStore {
 }
 
 impl KvStore for MemoryStore {
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
-
     fn get_at(&self, key: &[u8], at: u64) -> Result<Option<Version>> {
         let inner = self.inner();
         let found = inner

@@ -1,26 +1,26 @@
 //! The writer-registry glue: a durable RocksDB [`WriterRegistryStore`], built only
 //! from a store that can back it.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use rocksdb::{DB, IteratorMode, WriteOptions};
 use sealkv_encryption::registry::{WriterKey, WriterRecord};
 use sealkv_encryption::{RegistryStoreError, WriterRegistryStore};
 
-use crate::KvStore;
 use crate::rocks::{CF_REGISTRY, RocksStore, cf};
 
 /// Why the glue refused a store at construction.
+///
+/// Only a [`RocksStore`] is accepted, by type: anything else does not compile.
+///
+/// ```compile_fail,E0308
+/// use sealkv_store::{MemoryStore, RocksWriterRegistry};
+/// // The in-memory test store cannot make registry rows durable.
+/// let _ = RocksWriterRegistry::from_store(&MemoryStore::new());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistryGlueError {
-    /// The store is not a RocksDB store (for example the in-memory test store), so
-    /// registry rows could not be made durable.
-    #[error("the writer registry needs a durable RocksDB store, not a {kind} store")]
-    NotDurable {
-        /// [`KvStore::kind`] of the refused store.
-        kind: &'static str,
-    },
     /// The RocksDB store was opened with `sync_writes` off, so an acknowledged row
     /// could be lost in a crash.
     #[error("the writer registry needs a store opened with sync_writes on")]
@@ -42,22 +42,19 @@ impl std::fmt::Debug for RocksWriterRegistry {
 }
 
 impl RocksWriterRegistry {
-    /// Builds the registry over the database of `store`.
+    /// Builds the registry over the database of `store`. The store is taken by
+    /// type: no other [`KvStore`](crate::KvStore) can back the registry durably.
     ///
     /// # Errors
-    /// [`RegistryGlueError::NotDurable`] for any store that is not a [`RocksStore`],
-    /// and [`RegistryGlueError::SyncDisabled`] for one opened without synced writes:
-    /// a wiring mistake stops the node at startup instead of inside the apply loop.
-    pub fn from_store(store: &dyn KvStore) -> Result<RocksWriterRegistry, RegistryGlueError> {
-        let any: &dyn Any = store;
-        let Some(rocks) = any.downcast_ref::<RocksStore>() else {
-            return Err(RegistryGlueError::NotDurable { kind: store.kind() });
-        };
-        if !rocks.options().sync_writes {
+    /// [`RegistryGlueError::SyncDisabled`] for a store opened without synced
+    /// writes: a wiring mistake stops the node at startup instead of inside the
+    /// apply loop.
+    pub fn from_store(store: &RocksStore) -> Result<RocksWriterRegistry, RegistryGlueError> {
+        if !store.options().sync_writes {
             return Err(RegistryGlueError::SyncDisabled);
         }
         Ok(RocksWriterRegistry {
-            db: Arc::clone(rocks.db()),
+            db: Arc::clone(store.db()),
         })
     }
 }

@@ -204,10 +204,6 @@ impl RocksStore {
 }
 
 impl KvStore for RocksStore {
-    fn kind(&self) -> &'static str {
-        "rocksdb"
-    }
-
     fn get_at(&self, key: &[u8], at: u64) -> Result<Option<Version>> {
         let data = cf(&self.db, CF_DATA)?;
         let prefix = mvcc::encode_user_key(key);

@@ -34,10 +34,11 @@ fn kek_b64() -> String {
 /// registered at epoch 1) and, when `storage_on`, the storage envelope switched on.
 fn encrypted(storage_on: bool) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn KvStore> = Arc::new(
+    let rocks = Arc::new(
         RocksStore::open(dir.path().join("db"), RocksStoreOptions::default()).expect("open"),
     );
-    let registry = RocksWriterRegistry::from_store(store.as_ref()).expect("glue");
+    let registry = RocksWriterRegistry::from_store(&rocks).expect("glue");
+    let store: Arc<dyn KvStore> = rocks;
     let kek = Arc::new(EnvKekProvider::from_base64(&kek_b64()).expect("kek"));
     let keyring = Arc::new(Keyring::open(dir.path(), NODE, kek).expect("keyring"));
     let mut fsm = KvFsm::new(Arc::clone(&store))

@@ -13,9 +13,8 @@ pub const NOW: u64 = 1_700_000_000_000;
 /// Opens the store in `dir` and builds the FSM the way the node does: store,
 /// registry glue, applier, FSM with encryption.
 pub fn open_fsm(dir: &Path) -> KvFsm {
-    let store: Arc<dyn KvStore> =
-        Arc::new(RocksStore::open(dir, RocksStoreOptions::default()).expect("open store"));
-    let registry = RocksWriterRegistry::from_store(store.as_ref()).expect("registry glue");
+    let store = Arc::new(RocksStore::open(dir, RocksStoreOptions::default()).expect("open store"));
+    let registry = RocksWriterRegistry::from_store(&store).expect("registry glue");
     KvFsm::new(store)
         .expect("fsm")
         .with_encryption(Applier::new(Arc::new(registry)))
