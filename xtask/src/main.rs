@@ -105,6 +105,23 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The library examples CI runs (each built by `cargo test --workspace`).
+const EXAMPLES: &[&str] = &["key_service"];
+
+/// Where cargo builds: `CARGO_TARGET_DIR`, or `target` in the workspace.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|d| {
+            if d.is_relative() {
+                workspace_root().join(d)
+            } else {
+                d
+            }
+        })
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
@@ -163,6 +180,11 @@ fn ci() -> anyhow::Result<()> {
         "cargo test --benches",
         cargo().args(["test", "--workspace", "--benches"]),
     )?;
+    // The examples `cargo test` built: a service using the libraries alone.
+    for example in EXAMPLES {
+        let path = target_dir().join("debug").join("examples").join(example);
+        run(&format!("example {example}"), &mut Command::new(path))?;
+    }
     run(
         "cargo doc",
         cargo()

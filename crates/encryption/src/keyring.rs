@@ -463,6 +463,10 @@ pub struct Keyring {
     /// Whether the sidecar on disk holds this load's raised epochs; until then
     /// nothing seals under them ([`Keyring::commit_epochs`]).
     epochs_durable: AtomicBool,
+    /// Per key this node does not hold, the cluster's record of it
+    /// ([`Keyring::check_cluster_record`]): a key installed or adopted later
+    /// takes an epoch above it.
+    epoch_floors: Mutex<BTreeMap<u32, u16>>,
     #[cfg(any(test, feature = "testing"))]
     crash_point: Mutex<Option<durable::DurableStep>>,
 }
@@ -632,6 +636,7 @@ impl Keyring {
             writer: Mutex::new(()),
             warnings,
             epochs_durable: AtomicBool::new(!raised),
+            epoch_floors: Mutex::new(BTreeMap::new()),
             #[cfg(any(test, feature = "testing"))]
             crash_point: Mutex::new(None),
         })
@@ -775,22 +780,34 @@ impl Keyring {
 
     /// Checks this load against the cluster's record of this node (the rows of
     /// the leader's writer registry naming this node: key id and last epoch),
-    /// before the node applies anything. An active key must seal at an epoch above
-    /// the record; a key this node does not hold may only be recorded at epoch 0
-    /// (a registration made for it when it was admitted or a key was rotated,
-    /// before it installed the key). Inactive keys never seal and are not checked.
+    /// before the node applies anything:
+    ///
+    /// * an active key this node holds must seal at an epoch above the record;
+    /// * a key it does not hold may be recorded at epoch 0 (registered when the
+    ///   node was admitted or the key rotated) or 1 (registered by the bootstrap),
+    ///   before the node installed it; above that the node held the key in a
+    ///   load that restarted, and its sidecar is gone. The record becomes the
+    ///   key's floor: when the node installs or adopts the key, it takes an
+    ///   epoch above it, so a node whose data dir was wiped after one load never
+    ///   reuses that load's epoch;
+    /// * inactive keys never seal and are not checked.
     ///
     /// # Errors
-    /// [`KeyringError::EarlierCopy`] for the first row that fails.
+    /// [`KeyringError::EarlierCopy`] for the first row that fails; no floor is
+    /// set then.
     pub fn check_cluster_record(&self, rows: &[(u32, u16)]) -> Result<()> {
         let live = self.read();
         let active = [live.active(Purpose::Storage), live.active(Purpose::Raft)];
+        let mut floors = Vec::new();
         for &(key_id, recorded) in rows {
             let epoch = match live.nonces.get(&key_id) {
                 Some(_) if !active.contains(&Some(key_id)) => continue,
                 Some(state) if state.local_epoch > recorded => continue,
                 Some(state) => state.local_epoch,
-                None if recorded == 0 => continue,
+                None if recorded <= 1 => {
+                    floors.push((key_id, recorded));
+                    continue;
+                }
                 None => 0,
             };
             return Err(KeyringError::EarlierCopy {
@@ -799,7 +816,25 @@ impl Keyring {
                 recorded,
             });
         }
+        self.epoch_floors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(floors);
         Ok(())
+    }
+
+    /// `new` with each key's epoch raised above its floor, if it has one.
+    fn above_floors(&self, mut new: Vec<NewKey>) -> Vec<NewKey> {
+        let floors = self
+            .epoch_floors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for key in &mut new {
+            if let Some(&floor) = floors.get(&key.key_id) {
+                key.local_epoch = key.local_epoch.max(floor.saturating_add(1));
+            }
+        }
+        new
     }
 
     /// The startup registry check, run after the store is open and before anything
@@ -1029,6 +1064,7 @@ impl Keyring {
     /// checked that the ids are fresh and non-zero. Nothing in memory changes when
     /// the write fails.
     pub(crate) fn install(&self, index: u64, new: Vec<NewKey>) -> Result<()> {
+        let new = self.above_floors(new);
         let _writer = self.lock_writer();
         let mut doc = self.read().doc();
         let created = created_now();
@@ -1188,6 +1224,16 @@ impl Keyring {
         doc.storage_envelope_active = theirs.storage_envelope_active;
         doc.raft_envelope_cutover_index = theirs.raft_envelope_cutover_index;
         doc.raft_applied_index = theirs.raft_applied_index;
+        let new = self.above_floors(new);
+        for key in &new {
+            if let Some(k) = doc
+                .keys
+                .as_mut()
+                .and_then(|m| m.get_mut(&key.key_id.to_string()))
+            {
+                k.local_epoch = key.local_epoch;
+            }
+        }
         self.commit_keys(doc, new)?;
         Ok(true)
     }

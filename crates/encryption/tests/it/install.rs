@@ -1100,3 +1100,28 @@ fn a_dek_equal_to_a_loaded_one_is_refused() {
     apply_rot(&node, 12, rotation(3, Purpose::Storage, NODE, 1)).expect("rotate");
     assert_eq!(node.keyring.key_ids(), [1, 2, 3]);
 }
+
+/// A node that does not hold the bootstrap's keys yet and finds itself recorded
+/// under them at epoch 1 (a wiped node's first life, or a member that has not
+/// applied the bootstrap) installs them at epoch 2: never the epoch the record
+/// shows it may have sealed under.
+#[test]
+fn keys_installed_after_the_cluster_record_take_an_epoch_above_it() {
+    let node = Node::fresh();
+    node.keyring
+        .check_cluster_record(&[(1, 1), (2, 1)])
+        .expect("recorded at the bootstrap's epoch");
+    standard_boot(&node, 10).expect("bootstrap");
+    assert_eq!(node.keyring.local_epochs(), [(1, 2), (2, 2)]);
+    let doc = sidecar_on_disk(node.path()).expect("sidecar");
+    assert_eq!(doc.key(1).map(|k| k.local_epoch), Some(2));
+    // The key is new to this load at an epoch no load used: it seals, and the node
+    // registers that epoch.
+    node.keyring
+        .seal_raft(b"payload")
+        .expect("seals at the raised epoch");
+    assert_eq!(
+        node.keyring.pending_registrations(),
+        [row(1, NODE, 2), row(2, NODE, 2)]
+    );
+}

@@ -1185,6 +1185,8 @@ impl Driver {
         if let Some(id) = self.own_proposal(entry.get_context())
             && let Some(w) = self.changes.remove(&id)
         {
+            // Status shows the new configuration before the caller hears of it.
+            self.publish();
             let _ = w.reply.send(Ok(cs));
         }
         self.drop_overwritten(entry.index);
