@@ -236,6 +236,21 @@ pub enum KeyringError {
         /// The last epoch the cluster records for this node under the key.
         recorded: u16,
     },
+    /// The sidecar is missing although the store holds the cluster's key state and
+    /// the registry records this node above epoch 0: a new sidecar would start its
+    /// epochs over.
+    #[error(
+        "{} is missing, but this node sealed under key {key_id} up to epoch {epoch}",
+        path.display()
+    )]
+    SidecarMissing {
+        /// The sidecar.
+        path: PathBuf,
+        /// A key this node is registered under.
+        key_id: u32,
+        /// Its last registered epoch.
+        epoch: u16,
+    },
     /// Key state carried by a snapshot has a DEK with the bytes of another key:
     /// two key ids would share one AES key, and so its nonces.
     #[error("the DEK of key {key_id} has the same bytes as key {same_as}")]
@@ -449,6 +464,15 @@ impl Live {
     }
 }
 
+/// What [`Keyring::start`] opened.
+#[derive(Debug)]
+pub struct Started {
+    /// The keyring, with this load's raised epochs not yet written.
+    pub keyring: Keyring,
+    /// (key, this node, epoch) for every active key: to propose through Raft.
+    pub to_register: Vec<RegistrationPayload>,
+}
+
 /// The node's live key state (see the module docs). Share it as `Arc<Keyring>`.
 ///
 /// `Debug` prints the node id and key ids only.
@@ -523,6 +547,57 @@ impl Keyring {
         let keyring = Keyring::open_deferred(data_dir, node_id, kek)?;
         keyring.commit_epochs()?;
         Ok(keyring)
+    }
+
+    /// DESIGN.md §8's startup path in one call, for a node with a writer registry:
+    ///
+    /// 1. [`open_deferred`](Self::open_deferred): the sidecar directory and its
+    ///    fsync, the sidecar, the KEK unwrapping every key, no exhausted epoch, and
+    ///    this load's raised epochs in memory;
+    /// 2. when `store_holds_key_state` (the caller's store holds the cluster's key
+    ///    state) and there is no sidecar, refuses if the registry records this
+    ///    node above epoch 0: it sealed under keys whose sidecar is gone;
+    /// 3. [`check_registry`](Self::check_registry): each raised epoch above the
+    ///    registry's record, no node16 collision;
+    /// 4. marks this load's epochs registered, so replayed entries seal at once;
+    ///    the caller proposes [`Started::to_register`] through Raft.
+    ///
+    /// Nothing is written: the caller runs its own remaining checks, then
+    /// [`commit_epochs`](Self::commit_epochs) before anything can seal.
+    ///
+    /// # Errors
+    /// As [`open_deferred`](Self::open_deferred) and
+    /// [`check_registry`](Self::check_registry), and
+    /// [`KeyringError::SidecarMissing`].
+    pub fn start(
+        data_dir: impl AsRef<Path>,
+        node_id: u64,
+        kek: Arc<dyn KekProvider>,
+        registry: &dyn WriterRegistryStore,
+        store_holds_key_state: bool,
+    ) -> Result<Started> {
+        let keyring = Keyring::open_deferred(data_dir, node_id, kek)?;
+        if store_holds_key_state && !keyring.has_sidecar() {
+            let owned = registry
+                .list_writers()?
+                .into_iter()
+                .find(|(_, row)| row.full_node_id == node_id && row.last_seen_local_epoch > 0);
+            if let Some((slot, row)) = owned {
+                return Err(KeyringError::SidecarMissing {
+                    path: keyring.sidecar_path.clone(),
+                    key_id: slot.dek_id,
+                    epoch: row.last_seen_local_epoch,
+                });
+            }
+        }
+        let to_register = keyring.check_registry(registry)?;
+        for reg in &to_register {
+            keyring.mark_registered(reg.dek_id, reg.full_node_id, reg.local_epoch);
+        }
+        Ok(Started {
+            keyring,
+            to_register,
+        })
     }
 
     /// Steps 1 to 4 of [`open`](Self::open), and step 5 in memory only: the

@@ -262,44 +262,54 @@ pub fn open_keyring(
     }
     let kek = config.kek.clone().ok_or(GuardError::NoKek)?;
     let kind = kek.kind();
-    // The raised epochs reach the disk only once every other startup check has
-    // passed (`startup::run` commits them just before the Raft driver starts).
-    let keyring = Keyring::open_deferred(data_dir, node_id, kek).map_err(|e| match e {
-        KeyringError::KekDoesNotUnwrap { key_id, .. } => GuardError::KekDoesNotUnwrap {
-            kind,
-            key_id,
-            path: path.clone(),
+    // DESIGN.md §8 in one call; the raised epochs reach the disk only once every
+    // other startup check has passed (`startup::run` commits them just before the
+    // Raft driver starts).
+    let started = Keyring::start(data_dir, node_id, kek, registry, store_has_key_state).map_err(
+        |e| match e {
+            KeyringError::KekDoesNotUnwrap { key_id, .. } => GuardError::KekDoesNotUnwrap {
+                kind,
+                key_id,
+                path: path.clone(),
+            },
+            KeyringError::EpochExhausted { key_id } => GuardError::EpochExhausted {
+                key_id,
+                path: path.clone(),
+            },
+            KeyringError::SidecarDirNotDurable { dir, source } => {
+                GuardError::SidecarDirNotDurable { dir, source }
+            }
+            e @ KeyringError::KekUnavailable { .. } => {
+                GuardError::KekUnavailable { kind, source: e }
+            }
+            KeyringError::SidecarMissing { key_id, epoch, .. } => GuardError::SidecarMissing {
+                path: path.clone(),
+                key_id,
+                epoch,
+            },
+            KeyringError::EpochNotAboveRegistry {
+                key_id,
+                epoch,
+                registered,
+            } => GuardError::EpochNotAboveRegistry {
+                key_id,
+                epoch,
+                registered,
+                path: path.clone(),
+            },
+            KeyringError::NodeIdCollision {
+                key_id,
+                registered_full_node_id,
+                ..
+            } => GuardError::NodeIdCollision {
+                node_id,
+                registered: registered_full_node_id,
+                key_id,
+            },
+            other => GuardError::Keyring(other),
         },
-        KeyringError::EpochExhausted { key_id } => GuardError::EpochExhausted {
-            key_id,
-            path: path.clone(),
-        },
-        KeyringError::SidecarDirNotDurable { dir, source } => {
-            GuardError::SidecarDirNotDurable { dir, source }
-        }
-        e @ KeyringError::KekUnavailable { .. } => GuardError::KekUnavailable { kind, source: e },
-        other => GuardError::Keyring(other),
-    })?;
-    // The store holds the cluster's keys and this node wrote under them (its row
-    // is above epoch 0), but the sidecar with its epochs is gone: a new sidecar
-    // would start its epochs over. (A node that joined and crashed between
-    // installing its first snapshot and adopting its keys has rows at epoch 0
-    // only, and adopts them at startup.)
-    if store_has_key_state && !path.exists() {
-        let rows = registry
-            .list_writers()
-            .map_err(|e| GuardError::Keyring(KeyringError::Registry(e)))?;
-        if let Some((key, row)) = rows
-            .iter()
-            .find(|(_, row)| row.full_node_id == node_id && row.last_seen_local_epoch > 0)
-        {
-            return Err(GuardError::SidecarMissing {
-                path,
-                key_id: key.dek_id,
-                epoch: row.last_seen_local_epoch,
-            });
-        }
-    }
+    )?;
+    let (keyring, to_register) = (started.keyring, started.to_register);
     for warning in keyring.epoch_warnings() {
         tracing::warn!(
             key_id = warning.key_id,
@@ -307,33 +317,6 @@ pub fn open_keyring(
             "the local epoch of an active key is close to 0xffff, where this node will refuse \
              to start: rotate the key (sealkv encryption rotate-dek)"
         );
-    }
-    let to_register = keyring.check_registry(registry).map_err(|e| match e {
-        KeyringError::EpochNotAboveRegistry {
-            key_id,
-            epoch,
-            registered,
-        } => GuardError::EpochNotAboveRegistry {
-            key_id,
-            epoch,
-            registered,
-            path: path.clone(),
-        },
-        KeyringError::NodeIdCollision {
-            key_id,
-            registered_full_node_id,
-            ..
-        } => GuardError::NodeIdCollision {
-            node_id,
-            registered: registered_full_node_id,
-            key_id,
-        },
-        other => GuardError::Keyring(other),
-    })?;
-    // The epochs are this load's own and above the registry's record: seal under
-    // them now (see the module docs and NONCE-SAFETY.md).
-    for reg in &to_register {
-        keyring.mark_registered(reg.dek_id, reg.full_node_id, reg.local_epoch);
     }
     let registered = Arc::new(AtomicBool::new(to_register.is_empty()));
     Ok(Some(OpenedKeyring {

@@ -773,3 +773,55 @@ fn registration_payloads_name_this_node() {
     let node = Node::fresh();
     assert!(node.keyring.pending_registrations().is_empty());
 }
+
+/// The startup path in one call: a missing sidecar is refused when the caller's
+/// store holds key state and the registry records this node above epoch 0, and
+/// nothing is written until the caller commits the epochs.
+#[test]
+fn start_is_the_startup_path_in_one_call() {
+    // A sidecar with an active key at epoch 5: raised to 6, checked, marked.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_sidecar(dir.path(), 3, active(1, 0), &[(1, Purpose::Storage, 5)]);
+    let registry = MemoryRegistry::new();
+    let started =
+        Keyring::start(dir.path(), NODE, provider(KEK_BYTES), &registry, true).expect("start");
+    assert_eq!(started.to_register, [row(1, NODE, 6)]);
+    let on_disk = |d: &std::path::Path| {
+        sidecar_on_disk(d)
+            .expect("sidecar")
+            .key(1)
+            .map(|k| k.local_epoch)
+    };
+    assert_eq!(
+        on_disk(dir.path()),
+        Some(5),
+        "nothing is written before commit_epochs"
+    );
+    started.keyring.commit_epochs().expect("commit");
+    assert_eq!(on_disk(dir.path()), Some(6));
+
+    // No sidecar, a store with key state, and this node registered at epoch 2.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let registry = MemoryRegistry::new();
+    registry
+        .put_writers(&[(WriterKey::for_node(1, NODE), record(NODE, 1, 2))])
+        .expect("put");
+    let err = Keyring::start(empty.path(), NODE, provider(KEK_BYTES), &registry, true)
+        .expect_err("a lost sidecar");
+    assert!(
+        matches!(
+            err,
+            KeyringError::SidecarMissing {
+                key_id: 1,
+                epoch: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Without key state in the store (a new node), it starts empty.
+    let started = Keyring::start(empty.path(), NODE, provider(KEK_BYTES), &registry, false)
+        .expect("a new node");
+    assert!(!started.keyring.is_bootstrapped());
+    assert!(started.to_register.is_empty());
+}
