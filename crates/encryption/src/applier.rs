@@ -95,6 +95,7 @@ use crate::store::{RegistryStoreError, WriterRegistryStore};
 
 /// Why an encryption entry could not be applied. Each one halts the state machine.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApplyError {
     /// The payload after the opcode does not decode.
     #[error("decode payload of opcode {opcode:#04x}")]
@@ -178,6 +179,7 @@ pub enum RegistrationOutcome {
 
 /// What applying one encryption entry did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Applied {
     /// A writer registration (`0x03`).
     Registration(RegistrationOutcome),
@@ -295,6 +297,7 @@ impl std::fmt::Display for EnvelopeSwitch {
 
 /// Why a key-installing entry was refused (see [`Applied::Rejected`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Rejection {
     /// A bootstrap arrived when keys are already active.
     #[error("encryption is already bootstrapped")]

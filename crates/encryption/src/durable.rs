@@ -97,6 +97,7 @@ impl fmt::Display for DurableStep {
 
 /// A durable replace, or a directory fsync check, that did not complete.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DurableError {
     /// The target path has no file name (for example `/` or `..`).
     #[error("durable target {path} has no file name")]

@@ -88,6 +88,7 @@ pub type Result<T, E = EnvelopeError> = std::result::Result<T, E>;
 
 /// Why an envelope or cipher operation failed. No message ever contains key bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EnvelopeError {
     /// The input is shorter than its format allows: an envelope under [`OVERHEAD`]
     /// bytes, or a body under [`TAG_LEN`] bytes.

@@ -61,6 +61,7 @@ pub type Result<T, E = KekError> = std::result::Result<T, E>;
 /// Why loading a KEK or wrapping or unwrapping a DEK failed. No message ever contains
 /// key bytes.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KekError {
     /// A wrapped DEK is not [`WRAPPED_DEK_LEN`] bytes. Checked before any crypto.
     #[error("wrapped dek is {len} bytes, want 60")]

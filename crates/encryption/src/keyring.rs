@@ -109,6 +109,7 @@ pub const SIDECAR_DIR_MODE: u32 = 0o700;
 /// Why the keyring could not open, install, seal or open. No message ever contains
 /// key bytes.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyringError {
     /// The sidecar directory did not exist and could not be created.
     #[error("create sidecar directory {}", path.display())]

@@ -46,6 +46,7 @@ const SEPARATOR: u8 = b'|';
 
 /// A registry key or value that does not have the registry's shape.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistryCodecError {
     /// A key is not 27 bytes, does not start with [`WRITERS_PREFIX`], or lacks the
     /// `|` separator at offset 24.

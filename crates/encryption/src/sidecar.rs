@@ -236,6 +236,7 @@ impl fmt::Display for GoQuirk {
 
 /// A sidecar that cannot be loaded or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SidecarError {
     /// The document is not JSON of the sidecar's shape (rule 1).
     #[error("parse sidecar")]

@@ -5,6 +5,7 @@ use crate::registry::{RegistryCodecError, WriterKey, WriterRecord};
 
 /// A failure of a [`WriterRegistryStore`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistryStoreError {
     /// A stored row does not decode: the registry is corrupt. This is never
     /// reported as a missing row.

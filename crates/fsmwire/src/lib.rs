@@ -66,6 +66,7 @@ pub fn is_encryption_opcode(opcode: u8) -> bool {
 /// A decoding failure. Each variant is one of the error classes of the elastickv
 /// vectors: `malformed`, `version` and `subtag`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The bytes do not have the shape of the payload: a field is truncated, a length
     /// overruns the input, a count is over its cap, a purpose is unknown, or bytes

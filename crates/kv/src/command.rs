@@ -223,6 +223,7 @@ pub struct KvRequest {
 
 /// A KV entry that does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CommandError {
     /// The entry is shorter than its opcode and version bytes.
     #[error("kv entry of {0} bytes has no version byte")]
@@ -251,6 +252,7 @@ pub enum CommandError {
 
 /// A KV request that could not be encoded in a raft envelope.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WrapError {
     /// The request itself does not encode.
     #[error(transparent)]

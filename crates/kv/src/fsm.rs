@@ -99,6 +99,7 @@ impl Refusal {
 
 /// Why the state machine halted.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HaltCause {
     /// The opcode is not one this state machine knows (including the reserved `0x02`).
     #[error("unknown opcode {0:#04x}")]
@@ -181,6 +182,7 @@ pub struct Halted {
 
 /// A failure to read user data.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReadError {
     /// The store failed.
     #[error("read value")]

@@ -477,6 +477,7 @@ fn describe(applied: &Applied) -> serde_json::Value {
         }),
         Applied::Replayed { opcode } => json!({ "applied": "replay", "opcode": opcode }),
         Applied::Rejected { reason } => json!({ "refused": reason.to_string() }),
+        other => json!({ "applied": format!("{other:?}") }),
     }
 }
 

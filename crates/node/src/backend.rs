@@ -131,6 +131,7 @@ fn read_error(e: ReadError) -> ApiError {
         | ReadError::Integrity { .. }
         | ReadError::ClearAfterSwitch { .. } => ApiError::Integrity(crate::error_chain(&e)),
         ReadError::Storage(s) => ApiError::Internal(format!("read value: {s}")),
+        other => ApiError::Internal(crate::error_chain(&other)),
     }
 }
 

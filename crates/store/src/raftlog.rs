@@ -63,6 +63,7 @@ const SNAPSHOT_META_KEY: &[u8] = b"snapshot_meta";
 
 /// A Raft log operation that cannot be carried out.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RaftLogError {
     /// [`RaftLog::initialize`] was called on a log that already has state.
     #[error("the raft log is already initialized")]
