@@ -72,9 +72,9 @@ impl std::fmt::Debug for EncryptionConfig {
 mod control;
 mod entries;
 mod guards;
-mod maintain;
+mod task;
 
 pub use control::{AdmitError, Control, ControlError, low16_collision, registrations_json};
 pub use entries::{bootstrap_entry, registration_entry, rotation_entry, switch_entry};
 pub use guards::{GuardError, OpenedKeyring, check_sidecar_against_log, open_keyring};
-pub use maintain::maintain;
+pub use task::maintain;
