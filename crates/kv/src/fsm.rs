@@ -33,8 +33,28 @@ pub enum Reply {
     Nil,
     /// An integer result.
     Int(i64),
-    /// A user error, with the Redis-style message (`ERR ...`).
-    Error(String),
+    /// A deterministic user error; a front end words it for its protocol.
+    Error(UserError),
+}
+
+/// A user-level failure of one command: the same on every replica, answered to the
+/// client, never a halt. The RESP layer renders it as Redis's error reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum UserError {
+    /// `INCR` and friends on a value that is not a 64-bit integer.
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    /// `INCRBY` past `i64`.
+    #[error("increment or decrement would overflow")]
+    Overflow,
+    /// A write to the reserved keyspace `!encryption|`.
+    #[error("key is in the reserved keyspace !encryption|")]
+    ReservedKey,
+    /// A cleartext KV entry after the raft envelope cutover (it was proposed
+    /// before its proposer applied the cutover); a retry is wrapped.
+    #[error("proposal was not in a raft envelope after the cutover; retry")]
+    NotWrapped,
 }
 
 /// What applying one entry produced.
@@ -292,15 +312,6 @@ pub const STORAGE_ENVELOPE_META_KEY: &[u8] = b"storage_envelope_index";
 /// ([`Keyring::shared_json`]).
 pub const ENCRYPTION_META_KEY: &[u8] = b"encryption";
 
-/// The user-level error replies, as Redis words them.
-const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
-const ERR_OVERFLOW: &str = "ERR increment or decrement would overflow";
-const ERR_RESERVED: &str = "ERR key is in the reserved keyspace !encryption|";
-/// The reply to every command of a cleartext KV entry after the raft envelope
-/// cutover (it was proposed before the proposer applied the cutover).
-pub const ERR_NOT_WRAPPED: &str =
-    "TRYAGAIN proposal was not in a raft envelope after the cutover; retry";
-
 impl KvFsm {
     /// A state machine over `store`, resuming after the store's applied index.
     ///
@@ -543,7 +554,7 @@ impl KvFsm {
                 };
                 let cutover = keyring.map_or(0, |k| k.raft_envelope_cutover_index());
                 if !wrapped && cutover != 0 && entry.index > cutover {
-                    let refusal = Reply::Error(ERR_NOT_WRAPPED.to_string());
+                    let refusal = Reply::Error(UserError::NotWrapped);
                     return Ok(Outcome::Kv(vec![refusal; request.commands.len()]));
                 }
                 let mut replies = Vec::with_capacity(request.commands.len());
@@ -675,7 +686,7 @@ impl KvFsm {
             .iter()
             .any(|k| sealkv_encryption::registry::is_reserved_key(k))
         {
-            return Ok(Reply::Error(ERR_RESERVED.to_string()));
+            return Ok(Reply::Error(UserError::ReservedKey));
         }
         match command {
             Command::Put {
@@ -717,11 +728,11 @@ impl KvFsm {
                     None => (0i64, 0),
                     Some(v) => match parse_int(&v.body) {
                         Some(n) => (n, v.header.expire_at_ms),
-                        None => return Ok(Reply::Error(ERR_NOT_INTEGER.to_string())),
+                        None => return Ok(Reply::Error(UserError::NotAnInteger)),
                     },
                 };
                 let Some(sum) = base.checked_add(*delta) else {
-                    return Ok(Reply::Error(ERR_OVERFLOW.to_string()));
+                    return Ok(Reply::Error(UserError::Overflow));
                 };
                 let value = StoredValue::clear(sum.to_string().into_bytes(), expire_at_ms);
                 self.write(key, version, value, pending)?;

@@ -59,6 +59,6 @@ pub use command::{
     WrapError,
 };
 pub use fsm::{
-    ENCRYPTION_META_KEY, ERR_NOT_WRAPPED, Entry, EntryOutcome, Halt, HaltCause, Halted, KvFsm,
-    LiveValue, Outcome, ReadError, Reader, Refusal, Reply, error_chain,
+    ENCRYPTION_META_KEY, Entry, EntryOutcome, Halt, HaltCause, Halted, KvFsm, LiveValue, Outcome,
+    ReadError, Reader, Refusal, Reply, UserError, error_chain,
 };

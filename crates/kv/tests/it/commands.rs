@@ -1,7 +1,9 @@
 //! KV command semantics through the state machine: replies, conditions, expiry and
 //! user errors that are replies, not halts.
 
-use sealkv_kv::{Command, CommandError, Entry, KvRequest, OP_KV, Outcome, PutCondition, Reply};
+use sealkv_kv::{
+    Command, CommandError, Entry, KvRequest, OP_KV, Outcome, PutCondition, Reply, UserError,
+};
 
 use crate::support::*;
 
@@ -23,7 +25,14 @@ fn command_table() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut fsm = open_fsm(dir.path());
     let int = |n| Reply::Int(n);
-    let err = |m: &str| Reply::Error(m.to_string());
+    let err = |m: &str| {
+        Reply::Error(match m {
+            "ERR value is not an integer or out of range" => UserError::NotAnInteger,
+            "ERR increment or decrement would overflow" => UserError::Overflow,
+            "ERR key is in the reserved keyspace !encryption|" => UserError::ReservedKey,
+            other => panic!("no user error reads {other:?}"),
+        })
+    };
     let cases: Vec<(&str, Vec<Command>, Vec<Reply>)> = vec![
         ("set", vec![set("a", "1")], vec![Reply::Ok]),
         (

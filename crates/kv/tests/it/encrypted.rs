@@ -274,7 +274,7 @@ fn wrapped_entries_apply_and_cleartext_after_the_cutover_is_refused() {
         ],
     )
     .expect("apply");
-    let refusal = Reply::Error(sealkv_kv::ERR_NOT_WRAPPED.to_string());
+    let refusal = Reply::Error(sealkv_kv::UserError::NotWrapped);
     assert_eq!(out[1].outcome, Outcome::Kv(vec![refusal.clone(), refusal]));
     assert_eq!(f.fsm.get(b"late", NOW).expect("late"), None);
     assert_eq!(

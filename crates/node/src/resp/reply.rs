@@ -4,7 +4,7 @@
 use redis_protocol::bytes::Bytes;
 use redis_protocol::bytes_utils::Str;
 use redis_protocol::resp2::types::BytesFrame;
-use sealkv_kv::Reply;
+use sealkv_kv::{Reply, UserError};
 
 /// `+OK`.
 pub fn ok() -> BytesFrame {
@@ -52,7 +52,16 @@ pub fn from_kv(reply: Reply) -> BytesFrame {
         Reply::Ok => ok(),
         Reply::Nil => nil(),
         Reply::Int(n) => int(n),
-        Reply::Error(message) => error(message),
+        Reply::Error(e) => error(user_error(e)),
+    }
+}
+
+/// A state machine's user error as Redis words it: `ERR` for the ones Redis has,
+/// `TRYAGAIN` for a write to retry.
+pub fn user_error(e: UserError) -> String {
+    match e {
+        UserError::NotWrapped => format!("TRYAGAIN {e}"),
+        other => format!("ERR {other}"),
     }
 }
 
