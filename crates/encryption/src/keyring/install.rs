@@ -213,12 +213,7 @@ impl Keyring {
         doc.storage_envelope_active = storage;
         doc.raft_envelope_cutover_index = raft_cutover;
         doc.raft_applied_index = index;
-        self.write_sidecar(&doc)?;
-        self.live
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .sidecar = Some(doc);
-        Ok(())
+        self.replace_sidecar(doc)
     }
 
     /// Records that the key-family entry at `index` was applied without changing
@@ -235,12 +230,7 @@ impl Keyring {
             return Ok(());
         }
         doc.raft_applied_index = index;
-        self.write_sidecar(&doc)?;
-        self.live
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .sidecar = Some(doc);
-        Ok(())
+        self.replace_sidecar(doc)
     }
 
     pub(super) fn write_sidecar(&self, doc: &Sidecar) -> Result<()> {
@@ -300,5 +290,15 @@ impl Keyring {
             }
             None => false,
         }
+    }
+
+    /// Writes `doc` durably, then makes it the live sidecar (keys unchanged).
+    fn replace_sidecar(&self, doc: Sidecar) -> Result<()> {
+        self.write_sidecar(&doc)?;
+        self.live
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sidecar = Some(doc);
+        Ok(())
     }
 }

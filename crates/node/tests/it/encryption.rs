@@ -51,6 +51,14 @@ fn generate_kek(path: &Path) {
     assert!(ok, "kek generate: {out}{err}");
 }
 
+/// A temp dir holding a freshly generated KEK file, and that file's path.
+fn with_kek() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kek = dir.path().join("kek");
+    generate_kek(&kek);
+    (dir, kek)
+}
+
 /// The flags of an encrypted node whose KEK is the file `kek`.
 fn encrypted_flags(kek: &Path) -> Vec<&str> {
     vec!["--encryption-enabled", "--kek-file", path_arg(kek)]
@@ -270,9 +278,7 @@ fn encrypted_cluster_stores_no_cleartext() {
         );
     }
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kek = dir.path().join("kek");
-    generate_kek(&kek);
+    let (dir, kek) = with_kek();
     let prefix = marker_prefix();
     let mut c = Cluster::start_in(dir, 3, &encrypted_flags(&kek));
 
@@ -603,9 +609,7 @@ fn startup_guards_refuse_with_their_own_message() {
 #[test]
 fn cleartext_node_moves_to_encryption() {
     let _serial = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kek = dir.path().join("kek");
-    generate_kek(&kek);
+    let (dir, kek) = with_kek();
     let mut node = Node::new(dir.path(), 1, &[]);
     node.start("");
     for i in 0..20 {
@@ -718,9 +722,7 @@ fn encryption_admin_needs_encryption_enabled() {
 #[test]
 fn tampered_value_is_an_integrity_error_and_counted() {
     let _serial = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kek = dir.path().join("kek");
-    generate_kek(&kek);
+    let (dir, kek) = with_kek();
     let mut node = Node::new(dir.path(), 1, &encrypted_flags(&kek));
     node.start("");
     encryption_on(&node);
@@ -801,9 +803,7 @@ fn converges_stale(node: &Node, key: &str, value: &str) {
 #[test]
 fn a_learner_gets_the_keys_with_a_snapshot() {
     let _serial = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kek = dir.path().join("kek");
-    generate_kek(&kek);
+    let (dir, kek) = with_kek();
     let mut flags = encrypted_flags(&kek);
     flags.extend(["--compact-threshold", "20", "--compact-keep", "2"]);
     let mut c = Cluster::start_in(dir, 3, &flags);
@@ -868,9 +868,7 @@ fn a_learner_gets_the_keys_with_a_snapshot() {
 #[test]
 fn concurrent_rotations_leave_a_working_cluster() {
     let _serial = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kek = dir.path().join("kek");
-    generate_kek(&kek);
+    let (dir, kek) = with_kek();
     let prefix = marker_prefix();
     let mut c = Cluster::start_in(dir, 3, &encrypted_flags(&kek));
     let leader = c.leader();
@@ -1011,9 +1009,7 @@ fn rotate_at_once(
 #[test]
 fn a_restored_or_wiped_encrypted_node_is_refused_before_it_seals() {
     let _serial = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kek = dir.path().join("kek");
-    generate_kek(&kek);
+    let (dir, kek) = with_kek();
     let prefix = marker_prefix();
     let mut c = Cluster::start_in(dir, 3, &encrypted_flags(&kek));
     let peers = c.peers.clone();
@@ -1141,9 +1137,7 @@ fn sidecar_epochs(node: &Node) -> Vec<(String, u64)> {
 #[test]
 fn failed_starts_keep_their_epochs_and_a_missing_sidecar_is_refused() {
     let _serial = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kek = dir.path().join("kek");
-    generate_kek(&kek);
+    let (dir, kek) = with_kek();
     let flags = encrypted_flags(&kek);
     let mut node = Node::new(dir.path(), 1, &flags);
     node.start("");
@@ -1189,9 +1183,7 @@ fn failed_starts_keep_their_epochs_and_a_missing_sidecar_is_refused() {
 #[test]
 fn peers_that_share_their_low_16_bits_are_refused_when_encrypted() {
     let _serial = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kek = dir.path().join("kek");
-    generate_kek(&kek);
+    let (dir, kek) = with_kek();
     let node = Node::new(dir.path(), 1, &[]);
     let other = format!("127.0.0.1:{}", free_port());
     let peers = format!("1={},65537={other}", node.raft);
@@ -1211,9 +1203,7 @@ fn peers_that_share_their_low_16_bits_are_refused_when_encrypted() {
 #[test]
 fn kill_9_under_writes_loses_nothing_and_repeats_no_nonce() {
     let _serial = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kek = dir.path().join("kek");
-    generate_kek(&kek);
+    let (dir, kek) = with_kek();
     let mut c = Cluster::start_in(dir, 3, &encrypted_flags(&kek));
     let peers = c.peers.clone();
     for node in &c.nodes {
