@@ -875,7 +875,9 @@ impl Driver {
                 if self.halted.is_some() {
                     return Ok(());
                 }
-                self.check_contact(&message)?;
+                if !self.check_contact(&message)? {
+                    return Ok(());
+                }
                 if message.get_msg_type() == MessageType::MsgPropose
                     && let Some(refused) = message
                         .get_entries()
@@ -915,33 +917,49 @@ impl Driver {
         Ok(())
     }
 
-    /// Checks a message from a peer before Raft steps it. A heartbeat whose commit
-    /// index is beyond this node's log means the leader holds entries this node
-    /// acknowledged and lost ([`DriverError::LostState`]; raft-rs would panic on
-    /// it). A heartbeat, append or snapshot of the current term that passes is the
-    /// contact with a leader that lets this node apply its log (see `contact`).
-    fn check_contact(&mut self, message: &Message) -> Result<(), DriverError> {
+    /// Checks a message from a peer before Raft steps it: `Ok(false)` drops it.
+    ///
+    /// A heartbeat whose commit index is beyond this node's log would make raft-rs
+    /// panic. From the leader this node follows (or the first leader it hears from
+    /// after a start) it means the leader holds entries this node acknowledged and
+    /// lost ([`DriverError::LostState`]). From another node while it follows a
+    /// known leader (a new leader knows nothing this node acknowledged, so it never
+    /// sends one) it is a crafted message: dropped and logged. A heartbeat,
+    /// append or snapshot of the current term that passes is the contact with a
+    /// leader that lets this node apply its log (see `contact`).
+    fn check_contact(&mut self, message: &Message) -> Result<bool, DriverError> {
         let from_leader = matches!(
             message.get_msg_type(),
             MessageType::MsgHeartbeat | MessageType::MsgAppend | MessageType::MsgSnapshot
         );
         if !from_leader || message.term < self.raw.raft.term {
-            return Ok(());
+            return Ok(true);
         }
         let last_index = self.raw.raft.raft_log.last_index();
         if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > last_index {
-            return Err(DriverError::LostState {
-                id: self.config.id,
-                leader: message.from,
-                commit: message.commit,
+            let leader = self.raw.raft.leader_id;
+            if message.from == leader || leader == raft::INVALID_ID {
+                return Err(DriverError::LostState {
+                    id: self.config.id,
+                    leader: message.from,
+                    commit: message.commit,
+                    last_index,
+                });
+            }
+            tracing::warn!(
+                from = message.from,
+                term = message.term,
+                commit = message.commit,
                 last_index,
-            });
+                "dropped a heartbeat past this node's log from a node it does not follow"
+            );
+            return Ok(false);
         }
         if !self.contact {
             tracing::info!(leader = message.from, "in contact with the leader");
             self.contact = true;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn expire_waiters(&mut self) {
