@@ -1,0 +1,113 @@
+//! The log's prefix: installing a snapshot from the leader (crash-safe through the
+//! pending-snapshot file) and compacting the applied entries away.
+
+use protobuf::Message as _;
+use raft::prelude::Snapshot;
+use sealkv_encryption::durable::durable_replace;
+use sealkv_store::{KvStore, RaftLog, RocksStore};
+
+use super::waiters::fail_all;
+use super::{Driver, DriverError, ProposeError, log_err};
+
+/// Name of the file a received snapshot is kept in until it is fully installed.
+const PENDING_SNAPSHOT: &str = "snapshot.pending";
+
+/// Recovers from a crash in the middle of a snapshot install: if the pending
+/// snapshot file exists, installs its data into the store and its metadata into the
+/// log again (both are idempotent), then removes the file. Called at startup before
+/// the Raft node is built.
+///
+/// # Errors
+/// When the file does not decode or a step fails; the node must not start then.
+pub fn recover_pending_snapshot(
+    data_dir: &std::path::Path,
+    store: &RocksStore,
+    log: &RaftLog,
+) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    let path = data_dir.join(PENDING_SNAPSHOT);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    let snapshot = Snapshot::parse_from_bytes(&bytes)
+        .with_context(|| format!("decode pending snapshot {}", path.display()))?;
+    install(store, log, &snapshot)?;
+    std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+    Ok(true)
+}
+
+fn install(store: &RocksStore, log: &RaftLog, snapshot: &Snapshot) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let meta = snapshot.get_metadata();
+    let applied = store.applied_index().context("read applied index")?;
+    if meta.index > applied {
+        store
+            .install_snapshot(snapshot.get_data())
+            .context("install snapshot data into the store")?;
+    }
+    // The log's snapshot index is first_index - 1.
+    if meta.index >= log.first_index() {
+        log.apply_snapshot(meta)
+            .context("install snapshot metadata into the raft log")?;
+    }
+    Ok(())
+}
+
+impl Driver {
+    pub(super) fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), DriverError> {
+        let index = snapshot.get_metadata().index;
+        tracing::info!(
+            index,
+            bytes = snapshot.get_data().len(),
+            "installing snapshot"
+        );
+        let path = self.config.data_dir.join(PENDING_SNAPSHOT);
+        let bytes = snapshot
+            .write_to_bytes()
+            .map_err(|e| DriverError::Snapshot(e.into()))?;
+        durable_replace(&path, &bytes, 0o600).map_err(|e| DriverError::Snapshot(e.into()))?;
+        install(&self.store, &self.log, snapshot).map_err(DriverError::Snapshot)?;
+        std::fs::remove_file(&path).map_err(|e| DriverError::Snapshot(e.into()))?;
+        self.fsm
+            .reload_applied_index()
+            .map_err(|e| DriverError::Snapshot(e.into()))?;
+        if self
+            .fsm
+            .adopt_snapshot_keys()
+            .map_err(|e| DriverError::Snapshot(anyhow::Error::new(e).context("adopt its keys")))?
+        {
+            tracing::info!(index, "adopted the encryption keys the snapshot carried");
+        }
+        self.metrics.snapshots_installed.inc();
+        // Proposals waiting on entries the snapshot covers will not be applied here
+        // one by one; their outcome is unknown to this node.
+        fail_all(&mut self.proposals, &ProposeError::Timeout);
+        fail_all(&mut self.changes, &ProposeError::Timeout);
+        Ok(())
+    }
+
+    pub(super) fn maybe_compact(&mut self) -> Result<(), DriverError> {
+        let applied = self.fsm.applied_index();
+        let first = self.log.first_index();
+        if applied < first || applied - first < self.config.compact_threshold {
+            return Ok(());
+        }
+        self.compact_to(applied.saturating_sub(self.config.compact_keep))
+            .map(|_| ())
+            .map_err(log_err)
+    }
+
+    /// Drops log entries below `index` (clamped to the applied index).
+    pub(super) fn compact_to(&mut self, index: u64) -> Result<u64, sealkv_store::RaftLogError> {
+        let index = index.min(self.fsm.applied_index());
+        if index > self.log.first_index() {
+            self.log.compact(index)?;
+            tracing::info!(first_index = self.log.first_index(), "compacted raft log");
+            self.metrics.compactions.inc();
+        }
+        self.publish();
+        Ok(self.log.first_index())
+    }
+}
