@@ -244,6 +244,19 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         flag_peers.ids()
     };
     if config.encryption.enabled
+        && flag_peers.ids().len() > 1
+        && is_loopback(&config.admin_addr)
+        && !is_loopback(&config.raft_addr)
+    {
+        tracing::warn!(
+            admin = %config.admin_addr,
+            raft = %config.raft_addr,
+            "--admin-addr is a loopback address but --raft-addr is not: on an encrypted \
+             cluster the other nodes reach this node's admin endpoint (forwarded \
+             operations, key-epoch checks), so give it an address they can reach"
+        );
+    }
+    if config.encryption.enabled
         && let Some((a, b)) = encryption::low16_collision(&flag_peers.ids())
     {
         bail!(
@@ -416,6 +429,16 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
     })
 }
 
+/// Whether `addr` (`host:port`) names a loopback host.
+fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Whether the store holds any user key (live or not): the scan stops at the first.
 fn has_user_data(store: &dyn KvStore) -> bool {
     let mut found = false;
@@ -452,5 +475,20 @@ impl Running {
     /// Whether the Raft driver thread has ended (a fatal storage error).
     pub fn driver_finished(&self) -> bool {
         self.driver.is_finished()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn loopback_addresses() {
+        for addr in ["127.0.0.1:8379", "localhost:1", "[::1]:80", "127.5.0.1:2"] {
+            assert!(is_loopback(addr), "{addr}");
+        }
+        for addr in ["10.0.0.5:8379", "0.0.0.0:1", "node1.example:80", "[::]:80"] {
+            assert!(!is_loopback(addr), "{addr}");
+        }
     }
 }
