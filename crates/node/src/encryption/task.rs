@@ -14,7 +14,17 @@ pub async fn maintain(
     tokio::pin!(stop);
     // Before anything applies: this load's epochs against the cluster's record.
     let mut check = tokio::time::interval(Duration::from_millis(100));
+    let mut attempts = 0u64;
     while !control.apply_gate.load(Ordering::Acquire) {
+        attempts += 1;
+        if attempts.is_multiple_of(100) {
+            tracing::warn!(
+                attempts,
+                "still waiting to check this node's key epochs at the leader's admin \
+                 endpoint; nothing is applied until then (is the leader's --admin-addr \
+                 reachable from here, and is encryption enabled on it?)"
+            );
+        }
         tokio::select! {
             () = &mut stop => return,
             _ = check.tick() => {}
