@@ -317,8 +317,8 @@ impl Control {
     }
 
     /// Proposes `registrations` (a node's own, forwarded to the leader, or this
-    /// node's): each must name its node's own row at an epoch not below the
-    /// registry's record. A registration at the recorded epoch is proposed again
+    /// node's): each must name a current member's own row at an epoch not below
+    /// the registry's record. A registration at the recorded epoch is proposed again
     /// and applies as unchanged. Returns how many applied.
     ///
     /// # Errors
@@ -329,7 +329,14 @@ impl Control {
         registrations: &[RegistrationPayload],
     ) -> Result<usize, ControlError> {
         let _serial = self.lead().await?;
+        let status = self.raft.status();
         for reg in registrations {
+            let id = reg.full_node_id;
+            if !status.voters.contains(&id) && !status.learners.contains(&id) {
+                return Err(ControlError::Refused(format!(
+                    "node {id} is not a member; a node is registered when it is added"
+                )));
+            }
             if let Some(reason) = row_refusal(self.registry.as_ref(), reg)? {
                 return Err(ControlError::Refused(reason));
             }

@@ -948,6 +948,16 @@ fn concurrent_rotations_leave_a_working_cluster() {
     .expect("admin answer");
     assert_eq!(code, 409, "a second bootstrap is refused: {answer}");
     assert!(answer.contains("bootstrapped already"), "{answer}");
+    // Nobody registers a node that is not a member (its epochs are its own).
+    let (code, answer) = http(
+        &c.node(follower).admin,
+        "POST",
+        "/v1/encryption/register-writer",
+        Some(r#"{"registrations":[{"dek_id":1,"full_node_id":99,"local_epoch":5}]}"#),
+    )
+    .expect("admin answer");
+    assert_eq!(code, 409, "a stranger's registration is refused: {answer}");
+    assert!(answer.contains("node 99 is not a member"), "{answer}");
     let leader_keys = encryption_status(c.node(leader))["keys"]
         .as_array()
         .expect("keys")
