@@ -403,6 +403,25 @@ impl KvFsm {
         Ok(self.applied)
     }
 
+    /// Installs a snapshot: the state machine's contents become the dump `data`
+    /// of the Raft snapshot at `index` (unless the store already reflects it),
+    /// then the applied index and the storage switch are reloaded and the keys the
+    /// snapshot carries adopted. The one owner of a snapshot install: the Raft
+    /// driver calls it for a snapshot from the leader, and startup for one a crash
+    /// interrupted. Returns whether keys were adopted. The caller records the
+    /// snapshot in the Raft log afterwards.
+    ///
+    /// # Errors
+    /// [`HaltCause::Storage`] when the dump does not install, or the causes of
+    /// [`adopt_snapshot_keys`](Self::adopt_snapshot_keys); the node must stop.
+    pub fn install_snapshot(&mut self, index: u64, data: &[u8]) -> Result<bool, HaltCause> {
+        if index > self.store.applied_index()? {
+            self.store.install_snapshot(data)?;
+        }
+        self.reload_applied_index()?;
+        self.adopt_snapshot_keys()
+    }
+
     /// After a Raft snapshot was installed under the state machine (or at startup,
     /// in case a crash came between the install and this call): adopts the key
     /// state the snapshot carried in its metadata into this node's keyring, so the

@@ -212,11 +212,9 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
     let redis_listener = bind("redis", &config.redis_addr).await?;
     let admin_listener = bind("admin", &config.admin_addr).await?;
     let log = RaftLog::open(&store).context("open raft log")?;
-    if consensus::recover_pending_snapshot(&config.data_dir, &store, &log)
+    if consensus::recover_pending_snapshot(&config.data_dir, &mut fsm, &log)
         .context("finish installing a snapshot received before a crash")?
     {
-        fsm.reload_applied_index()
-            .context("reload the applied index after the snapshot")?;
         tracing::info!("finished installing a snapshot received before a crash");
     }
     if let Some(opened) = &keyring {
@@ -306,7 +304,6 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
             apply_gate: apply_gate.clone(),
         },
         log,
-        Arc::clone(&store),
         fsm,
         Arc::new(Arc::clone(&transport)),
         peers,

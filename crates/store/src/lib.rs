@@ -154,6 +154,14 @@ pub trait KvStore: Send + Sync {
     /// Applies `batch` atomically (and durably, for a durable store).
     fn commit(&self, batch: WriteBatch) -> Result<()>;
 
+    /// Replaces the state machine's contents (values, metadata, registry rows and
+    /// the applied index) with a snapshot dump, atomically.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] for a dump that does not decode;
+    /// [`StoreError::Backend`] when the store fails or cannot install snapshots.
+    fn install_snapshot(&self, dump: &[u8]) -> Result<()>;
+
     /// Calls `visit` with the newest version of every user key, in key order,
     /// tombstones included, from one consistent view of the store. `visit` returns
     /// `false` to stop early.

@@ -35,6 +35,14 @@ impl MemoryStore {
 }
 
 impl KvStore for MemoryStore {
+    /// The in-memory test store holds no Raft log and installs no snapshots.
+    fn install_snapshot(&self, _dump: &[u8]) -> Result<()> {
+        Err(crate::StoreError::Backend {
+            op: "install a snapshot",
+            source: "the in-memory test store does not install snapshots".into(),
+        })
+    }
+
     fn get_at(&self, key: &[u8], at: u64) -> Result<Option<Version>> {
         let inner = self.inner();
         let found = inner

@@ -204,6 +204,10 @@ impl RocksStore {
 }
 
 impl KvStore for RocksStore {
+    fn install_snapshot(&self, dump: &[u8]) -> Result<()> {
+        RocksStore::install_snapshot(self, dump)
+    }
+
     fn get_at(&self, key: &[u8], at: u64) -> Result<Option<Version>> {
         let data = cf(&self.db, CF_DATA)?;
         let prefix = mvcc::encode_user_key(key);

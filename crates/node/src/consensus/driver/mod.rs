@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use raft::prelude::{ConfState, EntryType, MessageType, SnapshotMetadata};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use sealkv_kv::{KvFsm, Outcome};
-use sealkv_store::{RaftLog, RocksStore};
+use sealkv_store::RaftLog;
 use tokio::sync::watch;
 
 use self::admission::{forwarded_by, proposer_names_itself};
@@ -132,7 +132,6 @@ struct Driver {
     config: DriverConfig,
     raw: RawNode<RaftLog>,
     log: RaftLog,
-    store: Arc<RocksStore>,
     fsm: KvFsm,
     outbox: Arc<dyn Outbox>,
     peers: PeerBook,
@@ -169,7 +168,6 @@ struct Driver {
 pub fn spawn(
     config: DriverConfig,
     log: RaftLog,
-    store: Arc<RocksStore>,
     mut fsm: KvFsm,
     outbox: Arc<dyn Outbox>,
     peers: PeerBook,
@@ -266,7 +264,6 @@ pub fn spawn(
         config,
         raw,
         log,
-        store,
         fsm,
         outbox,
         peers,

@@ -4,7 +4,8 @@
 use protobuf::Message as _;
 use raft::prelude::Snapshot;
 use sealkv_encryption::durable::durable_replace;
-use sealkv_store::{KvStore, RaftLog, RocksStore};
+use sealkv_kv::KvFsm;
+use sealkv_store::RaftLog;
 
 use super::waiters::fail_all;
 use super::{Driver, DriverError, ProposeError, log_err};
@@ -21,7 +22,7 @@ const PENDING_SNAPSHOT: &str = "snapshot.pending";
 /// When the file does not decode or a step fails; the node must not start then.
 pub fn recover_pending_snapshot(
     data_dir: &std::path::Path,
-    store: &RocksStore,
+    fsm: &mut KvFsm,
     log: &RaftLog,
 ) -> anyhow::Result<bool> {
     use anyhow::Context;
@@ -33,26 +34,28 @@ pub fn recover_pending_snapshot(
     };
     let snapshot = Snapshot::parse_from_bytes(&bytes)
         .with_context(|| format!("decode pending snapshot {}", path.display()))?;
-    install(store, log, &snapshot)?;
+    if install(fsm, log, &snapshot)? {
+        tracing::info!("adopted the encryption keys of the snapshot");
+    }
     std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
     Ok(true)
 }
 
-fn install(store: &RocksStore, log: &RaftLog, snapshot: &Snapshot) -> anyhow::Result<()> {
+/// The state machine installs the data ([`KvFsm::install_snapshot`]), then the
+/// log records the snapshot; both steps are idempotent. Returns whether keys were
+/// adopted.
+fn install(fsm: &mut KvFsm, log: &RaftLog, snapshot: &Snapshot) -> anyhow::Result<bool> {
     use anyhow::Context;
     let meta = snapshot.get_metadata();
-    let applied = store.applied_index().context("read applied index")?;
-    if meta.index > applied {
-        store
-            .install_snapshot(snapshot.get_data())
-            .context("install snapshot data into the store")?;
-    }
+    let adopted = fsm
+        .install_snapshot(meta.index, snapshot.get_data())
+        .context("install the snapshot into the state machine")?;
     // The log's snapshot index is first_index - 1.
     if meta.index >= log.first_index() {
         log.apply_snapshot(meta)
             .context("install snapshot metadata into the raft log")?;
     }
-    Ok(())
+    Ok(adopted)
 }
 
 impl Driver {
@@ -68,16 +71,9 @@ impl Driver {
             .write_to_bytes()
             .map_err(|e| DriverError::Snapshot(e.into()))?;
         durable_replace(&path, &bytes, 0o600).map_err(|e| DriverError::Snapshot(e.into()))?;
-        install(&self.store, &self.log, snapshot).map_err(DriverError::Snapshot)?;
+        let adopted = install(&mut self.fsm, &self.log, snapshot).map_err(DriverError::Snapshot)?;
         std::fs::remove_file(&path).map_err(|e| DriverError::Snapshot(e.into()))?;
-        self.fsm
-            .reload_applied_index()
-            .map_err(|e| DriverError::Snapshot(e.into()))?;
-        if self
-            .fsm
-            .adopt_snapshot_keys()
-            .map_err(|e| DriverError::Snapshot(anyhow::Error::new(e).context("adopt its keys")))?
-        {
+        if adopted {
             tracing::info!(index, "adopted the encryption keys the snapshot carried");
         }
         self.metrics.snapshots_installed.inc();
