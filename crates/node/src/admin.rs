@@ -205,7 +205,7 @@ async fn health(State(state): State<AdminState>) -> Response {
         );
     }
     if let Some(halt) = status.halted {
-        return error(StatusCode::SERVICE_UNAVAILABLE, halt);
+        return error(StatusCode::SERVICE_UNAVAILABLE, halt.to_string());
     }
     Json(serde_json::json!({ "ok": true })).into_response()
 }

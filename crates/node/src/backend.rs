@@ -113,7 +113,7 @@ fn now_ms() -> u64 {
 fn api_error(e: ProposeError) -> ApiError {
     match e {
         ProposeError::NoLeader => ApiError::NoLeader,
-        ProposeError::Halted(cause) => ApiError::Halted(cause),
+        ProposeError::Halted(halt) => ApiError::Halted(halt.to_string()),
         ProposeError::Timeout => ApiError::Timeout,
         ProposeError::Busy => ApiError::NotReady(e.to_string()),
         ProposeError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
@@ -194,7 +194,7 @@ impl Backend for NodeBackend {
             term: s.term,
             commit_index: s.commit_index,
             applied_index: s.applied_index,
-            halted: s.halted,
+            halted: s.halted.map(|h| h.to_string()),
         }
     }
 }

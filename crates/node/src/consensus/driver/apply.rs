@@ -9,7 +9,7 @@ use raft::{GetEntriesContext, Storage as _};
 use sealkv_kv::Outcome;
 
 use super::waiters::fail_all;
-use super::{Driver, DriverError, ProposeError, log_err};
+use super::{Driver, DriverError, NodeHalt, ProposeError, log_err};
 
 impl Driver {
     /// Applies committed entries in order: runs of normal entries go to the state
@@ -107,22 +107,23 @@ impl Driver {
         self.drop_overwritten(last);
         if let Some(halt) = halt {
             // The state machine logged the halt itself.
-            self.set_halted(halt.to_string());
+            self.set_halted(NodeHalt::StateMachine(halt));
             self.publish();
         }
     }
 
+    /// Halts on a membership-change entry that cannot be applied.
     pub(super) fn halt_on(&mut self, index: u64, cause: String) {
-        let cause = format!("state machine halted at index {index}: {cause}");
-        tracing::error!(index, "{cause}");
-        self.set_halted(cause);
+        let halt = NodeHalt::Membership { index, cause };
+        tracing::error!(index, "{halt}");
+        self.set_halted(halt);
     }
 
     /// Records the halt and fails every waiting request with it.
-    fn set_halted(&mut self, cause: String) {
+    pub(super) fn set_halted(&mut self, halt: NodeHalt) {
         self.metrics.halted.set(1);
-        self.halted = Some(cause.clone());
-        let error = ProposeError::Halted(cause);
+        self.halted = Some(halt.clone());
+        let error = ProposeError::Halted(halt);
         fail_all(&mut self.proposals, &error);
         fail_all(&mut self.changes, &error);
         fail_all(&mut self.reads, &error);

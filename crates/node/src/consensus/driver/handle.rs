@@ -11,6 +11,58 @@ use sealkv_kv::Outcome;
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
+/// Why this node's state machine halted, as it travels through the driver, its
+/// status and every error it fails a request with. Rendered to text only where it
+/// leaves the node (the status JSON, an HTTP or Redis error reply).
+#[derive(Debug, Clone)]
+pub enum NodeHalt {
+    /// The state machine could not apply an entry.
+    StateMachine(sealkv_kv::Halt),
+    /// A membership-change entry could not be decoded or applied.
+    Membership {
+        /// The entry's index.
+        index: u64,
+        /// Why.
+        cause: String,
+    },
+}
+
+impl NodeHalt {
+    /// The index of the entry that could not be applied.
+    pub fn index(&self) -> u64 {
+        match self {
+            NodeHalt::StateMachine(halt) => halt.index,
+            NodeHalt::Membership { index, .. } => *index,
+        }
+    }
+}
+
+impl std::fmt::Display for NodeHalt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeHalt::StateMachine(halt) => write!(f, "{halt}"),
+            NodeHalt::Membership { index, cause } => {
+                write!(f, "state machine halted at index {index}: {cause}")
+            }
+        }
+    }
+}
+
+/// Two halts are the same when they stop at the same index for the same reason.
+impl PartialEq for NodeHalt {
+    fn eq(&self, other: &NodeHalt) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for NodeHalt {}
+
+impl Serialize for NodeHalt {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// Why a proposal, read or membership change did not complete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
@@ -19,7 +71,7 @@ pub enum ProposeError {
     NoLeader,
     /// The state machine has halted; writes and linearizable reads are refused.
     #[error("state machine halted: {0}")]
-    Halted(String),
+    Halted(NodeHalt),
     /// A new leader overwrote the proposal's entry: it was not applied.
     #[error("proposal dropped by a leader change; it was not applied")]
     Dropped,
@@ -105,8 +157,8 @@ pub struct RaftStatus {
     pub voters: Vec<u64>,
     /// The learners of the applied configuration.
     pub learners: Vec<u64>,
-    /// The halt, if the state machine halted: index and cause.
-    pub halted: Option<String>,
+    /// The halt, if the state machine halted (in JSON, its one-line text).
+    pub halted: Option<NodeHalt>,
     /// Set when the driver stopped on a fatal error.
     pub fatal: Option<String>,
 }
@@ -277,5 +329,30 @@ impl RaftHandle {
             .read()
             .map(|s| s.clone())
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A halt travels typed and leaves the node as one line: in the status JSON,
+    /// and in the error a refused request gets.
+    #[test]
+    fn a_halt_is_a_type_inside_and_one_line_outside() {
+        let halt = NodeHalt::Membership {
+            index: 42,
+            cause: "decode membership change: bad bytes".to_string(),
+        };
+        assert_eq!(halt.index(), 42);
+        let line = "state machine halted at index 42: decode membership change: bad bytes";
+        assert_eq!(halt.to_string(), line);
+        assert_eq!(
+            serde_json::to_value(Some(&halt)).expect("json"),
+            serde_json::Value::String(line.to_string())
+        );
+        let error = ProposeError::Halted(halt.clone());
+        assert_eq!(error, ProposeError::Halted(halt));
+        assert!(error.to_string().ends_with(line), "{error}");
     }
 }

@@ -4,7 +4,7 @@
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType};
 
-use super::{Driver, DriverError, ProposeError, log_err};
+use super::{Driver, DriverError, NodeHalt, ProposeError, log_err};
 use crate::consensus::PeerBook;
 
 impl Driver {
@@ -85,7 +85,7 @@ impl Driver {
             data: &[],
         }];
         if let Err(halted) = self.fsm.apply(&noop) {
-            self.halt_on(entry.index, halted.halt.to_string());
+            self.set_halted(NodeHalt::StateMachine(halted.halt));
             return Ok(());
         }
         if let Some(id) = self.own_proposal(entry.get_context())

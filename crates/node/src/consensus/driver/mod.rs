@@ -51,7 +51,7 @@ use super::context::ProposalContext;
 use super::{Outbox, PeerBook};
 use crate::metrics::Metrics;
 
-pub use self::handle::{ProposeError, RaftHandle, RaftStatus, Role};
+pub use self::handle::{NodeHalt, ProposeError, RaftHandle, RaftStatus, Role};
 pub use self::membership::single_change;
 pub use self::snapshot::recover_pending_snapshot;
 
@@ -141,7 +141,7 @@ struct Driver {
     proposals: HashMap<u64, Waiter<Outcome>>,
     changes: HashMap<u64, Waiter<ConfState>>,
     reads: HashMap<u64, Waiter<u64>>,
-    halted: Option<String>,
+    halted: Option<NodeHalt>,
     /// This process load's random id, in every proposal context.
     load_id: u64,
     /// Whether this node may apply committed entries. A member of a cluster with
