@@ -28,76 +28,11 @@ pub enum GuardError {
         /// The data dir.
         data_dir: PathBuf,
     },
-    /// The sidecar is missing although this node sealed under the cluster's keys.
-    #[error(
-        "{} is missing, but this node sealed under key {key_id} up to epoch {epoch}: a new \
-         sidecar would reuse its nonces. Restore the sidecar that goes with this data dir, or \
-         replace the node (`sealkv cluster remove-node`, then an empty data dir under a new \
-         id with --join and `sealkv cluster add-node`)",
-        path.display()
-    )]
-    SidecarMissing {
-        /// The sidecar.
-        path: PathBuf,
-        /// A key this node is registered under.
-        key_id: u32,
-        /// Its last registered epoch.
-        epoch: u16,
-    },
     /// Encryption is enabled and no KEK is configured.
     #[error(
         "encryption is enabled but no KEK is configured: pass --kek-file PATH or set SEALKV_KEK_BASE64"
     )]
     NoKek,
-    /// The KEK cannot be loaded.
-    #[error("load the KEK from the {kind} provider (--kek-file or SEALKV_KEK_BASE64)")]
-    KekUnavailable {
-        /// The provider kind.
-        kind: &'static str,
-        /// Why.
-        #[source]
-        source: KeyringError,
-    },
-    /// The KEK does not unwrap a key of the sidecar.
-    #[error(
-        "the KEK ({kind}) does not unwrap key {key_id} of {}: pass the KEK this cluster was \
-         bootstrapped with (--kek-file or SEALKV_KEK_BASE64)",
-        path.display()
-    )]
-    KekDoesNotUnwrap {
-        /// The provider kind.
-        kind: &'static str,
-        /// The key.
-        key_id: u32,
-        /// The sidecar.
-        path: PathBuf,
-    },
-    /// An active key's local epoch reached 0xFFFF: another process load would reuse
-    /// nonces.
-    #[error(
-        "the local epoch of active key {key_id} in {} is exhausted (0xffff): rotate the key \
-         from another node (sealkv encryption rotate-dek), then start this one",
-        path.display()
-    )]
-    EpochExhausted {
-        /// The key.
-        key_id: u32,
-        /// The sidecar.
-        path: PathBuf,
-    },
-    /// The sidecar's directory cannot be fsynced, so a sidecar write is not durable.
-    #[error(
-        "the sidecar directory {} cannot be fsynced: put --data-dir on a filesystem that \
-         supports directory fsync",
-        dir.display()
-    )]
-    SidecarDirNotDurable {
-        /// The directory.
-        dir: PathBuf,
-        /// The failed step.
-        #[source]
-        source: DurableError,
-    },
     /// The Raft log applied a key-family entry the sidecar does not reflect: the
     /// sidecar was restored from an older copy or lost.
     #[error(
@@ -117,43 +52,70 @@ pub enum GuardError {
         /// That entry's opcode.
         opcode: u8,
     },
-    /// The node's epoch is not above the writer registry's record: its sidecar went
-    /// backwards (a restore), and sealing would repeat nonces.
-    #[error(
-        "local epoch {epoch} of key {key_id} is not above the writer registry's record \
-         ({registered}) for this node: {} was restored from an older copy; rebuild this \
-         node's data dir from the cluster",
-        path.display()
-    )]
-    EpochNotAboveRegistry {
-        /// The key.
-        key_id: u32,
-        /// The epoch this load would use.
-        epoch: u16,
-        /// The registry's last-seen epoch.
-        registered: u16,
+    /// The keyring refused to open (DESIGN.md §8): its own error, and, in the
+    /// message, what the operator does about it.
+    #[error("{}", advice(source, path, *node_id, kind))]
+    Keyring {
         /// The sidecar.
         path: PathBuf,
-    },
-    /// Another node owns this node's low 16 id bits under a key.
-    #[error(
-        "node id {node_id:#x} shares its low 16 bits with node {registered:#x}, registered \
-         under key {key_id}: give this node an id with different low 16 bits (--id)"
-    )]
-    NodeIdCollision {
         /// This node.
         node_id: u64,
-        /// The registered owner.
-        registered: u64,
-        /// The key.
-        key_id: u32,
+        /// Where the KEK comes from (`file`, `env`).
+        kind: &'static str,
+        /// The keyring's refusal.
+        #[source]
+        source: Box<KeyringError>,
     },
-    /// Any other keyring failure (an unreadable sidecar, a failed write).
-    #[error("open the key sidecar")]
-    Keyring(#[source] KeyringError),
     /// The Raft log could not be read for the sidecar check.
     #[error("read the raft log to check the sidecar")]
     RaftLog(#[source] raft::Error),
+}
+
+/// What the operator does about a keyring refusal, naming the flag or file to fix.
+fn advice(source: &KeyringError, path: &Path, node_id: u64, kind: &str) -> String {
+    let sidecar = path.display();
+    match source {
+        KeyringError::SidecarMissing { key_id, epoch, .. } => format!(
+            "{sidecar} is missing, but this node sealed under key {key_id} up to epoch {epoch}: \
+             a new sidecar would reuse its nonces. Restore the sidecar that goes with this data \
+             dir, or replace the node (`sealkv cluster remove-node`, then an empty data dir \
+             under a new id with --join and `sealkv cluster add-node`)"
+        ),
+        KeyringError::KekUnavailable { .. } => {
+            format!("load the KEK from the {kind} provider (--kek-file or SEALKV_KEK_BASE64)")
+        }
+        KeyringError::KekDoesNotUnwrap { key_id, .. } => format!(
+            "the KEK ({kind}) does not unwrap key {key_id} of {sidecar}: pass the KEK this \
+             cluster was bootstrapped with (--kek-file or SEALKV_KEK_BASE64)"
+        ),
+        KeyringError::EpochExhausted { key_id } => format!(
+            "the local epoch of active key {key_id} in {sidecar} is exhausted (0xffff): rotate \
+             the key from another node (sealkv encryption rotate-dek), then start this one"
+        ),
+        KeyringError::SidecarDirNotDurable { dir, .. } => format!(
+            "the sidecar directory {} cannot be fsynced: put --data-dir on a filesystem that \
+             supports directory fsync",
+            dir.display()
+        ),
+        KeyringError::EpochNotAboveRegistry {
+            key_id,
+            epoch,
+            registered,
+        } => format!(
+            "local epoch {epoch} of key {key_id} is not above the writer registry's record \
+             ({registered}) for this node: {sidecar} was restored from an older copy; rebuild \
+             this node's data dir from the cluster"
+        ),
+        KeyringError::NodeIdCollision {
+            key_id,
+            registered_full_node_id,
+            ..
+        } => format!(
+            "node id {node_id:#x} shares its low 16 bits with node {registered_full_node_id:#x}, \
+             registered under key {key_id}: give this node an id with different low 16 bits (--id)"
+        ),
+        _ => format!("open the key sidecar {sidecar}"),
+    }
 }
 
 /// The keyring of an encrypted node, and the registrations it must propose.
@@ -200,47 +162,11 @@ pub fn open_keyring(
     // other startup check has passed (`startup::run` commits them just before the
     // Raft driver starts).
     let started = Keyring::start(data_dir, node_id, kek, registry, store_has_key_state).map_err(
-        |e| match e {
-            KeyringError::KekDoesNotUnwrap { key_id, .. } => GuardError::KekDoesNotUnwrap {
-                kind,
-                key_id,
-                path: path.clone(),
-            },
-            KeyringError::EpochExhausted { key_id } => GuardError::EpochExhausted {
-                key_id,
-                path: path.clone(),
-            },
-            KeyringError::SidecarDirNotDurable { dir, source } => {
-                GuardError::SidecarDirNotDurable { dir, source }
-            }
-            e @ KeyringError::KekUnavailable { .. } => {
-                GuardError::KekUnavailable { kind, source: e }
-            }
-            KeyringError::SidecarMissing { key_id, epoch, .. } => GuardError::SidecarMissing {
-                path: path.clone(),
-                key_id,
-                epoch,
-            },
-            KeyringError::EpochNotAboveRegistry {
-                key_id,
-                epoch,
-                registered,
-            } => GuardError::EpochNotAboveRegistry {
-                key_id,
-                epoch,
-                registered,
-                path: path.clone(),
-            },
-            KeyringError::NodeIdCollision {
-                key_id,
-                registered_full_node_id,
-                ..
-            } => GuardError::NodeIdCollision {
-                node_id,
-                registered: registered_full_node_id,
-                key_id,
-            },
-            other => GuardError::Keyring(other),
+        |source| GuardError::Keyring {
+            path: path.clone(),
+            node_id,
+            kind,
+            source: Box::new(source),
         },
     )?;
     let (keyring, to_register) = (started.keyring, started.to_register);

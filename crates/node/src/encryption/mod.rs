@@ -36,7 +36,6 @@ use std::time::Duration;
 use raft::{GetEntriesContext, Storage as _};
 use sealkv_encryption::WriterRegistryStore;
 use sealkv_encryption::applier::EnvelopeSwitch;
-use sealkv_encryption::durable::DurableError;
 use sealkv_encryption::envelope::Dek;
 use sealkv_encryption::kek::{KekProvider, wrap_dek};
 use sealkv_encryption::keyring::{Keyring, KeyringError};
