@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, Addresses, AdminState};
 use crate::backend::NodeBackend;
+pub use crate::consensus::RaftTuning;
 use crate::consensus::{self, DriverConfig, PeerBook, RaftHandle, transport};
 use crate::encryption::{self, Control, EncryptionConfig, OpenedKeyring};
 use crate::metrics::Metrics;
@@ -47,23 +48,6 @@ pub struct Config {
     pub sizes: sealkv_kv::SizeLimits,
     /// Encryption: whether it is enabled, and the KEK.
     pub encryption: EncryptionConfig,
-}
-
-/// Raft timing and log compaction.
-#[derive(Debug, Clone)]
-pub struct RaftTuning {
-    /// Length of one tick.
-    pub tick: Duration,
-    /// Ticks before a follower without a leader campaigns.
-    pub election_ticks: usize,
-    /// Ticks between heartbeats.
-    pub heartbeat_ticks: usize,
-    /// Applied entries in the log that trigger a compaction.
-    pub compact_threshold: u64,
-    /// Applied entries kept after a compaction.
-    pub compact_keep: u64,
-    /// How long a client waits for a write or a linearizable read.
-    pub request_timeout: Duration,
 }
 
 /// The first steps, up to the state machine: what exists before Raft starts.
@@ -294,12 +278,7 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         DriverConfig {
             id: config.id,
             data_dir: config.data_dir.clone(),
-            tick: config.raft.tick,
-            election_ticks: config.raft.election_ticks,
-            heartbeat_ticks: config.raft.heartbeat_ticks,
-            compact_threshold: config.raft.compact_threshold,
-            compact_keep: config.raft.compact_keep,
-            request_timeout: config.raft.request_timeout,
+            tuning: config.raft.clone(),
             max_entry_bytes: config.sizes.max_entry_bytes + sealkv_kv::WRAP_OVERHEAD,
             apply_gate: apply_gate.clone(),
         },

@@ -12,7 +12,7 @@ pub mod transport;
 
 pub use context::ProposalContext;
 pub use driver::{
-    DriverConfig, DriverError, NodeHalt, ProposeError, RaftHandle, RaftStatus, Role,
+    DriverConfig, DriverError, NodeHalt, ProposeError, RaftHandle, RaftStatus, RaftTuning, Role,
     recover_pending_snapshot, single_change, spawn,
 };
 pub use peers::PeerBook;

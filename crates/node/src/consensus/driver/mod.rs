@@ -62,6 +62,23 @@ const MAX_SIZE_PER_MSG: u64 = 1024 * 1024;
 /// How many requests the driver's queue holds before callers are told it is busy.
 const QUEUE: usize = 16 * 1024;
 
+/// Raft timing and log compaction.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    /// Length of one tick.
+    pub tick: Duration,
+    /// Ticks before a follower without a leader campaigns.
+    pub election_ticks: usize,
+    /// Ticks between heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Applied entries in the log that trigger a compaction.
+    pub compact_threshold: u64,
+    /// Applied entries kept after a compaction.
+    pub compact_keep: u64,
+    /// How long a client waits for a write or a linearizable read.
+    pub request_timeout: Duration,
+}
+
 /// How the Raft driver runs.
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
@@ -69,18 +86,8 @@ pub struct DriverConfig {
     pub id: u64,
     /// The data directory (the pending-snapshot and peers files live there).
     pub data_dir: PathBuf,
-    /// Length of one Raft tick.
-    pub tick: Duration,
-    /// Ticks without a leader before a follower campaigns.
-    pub election_ticks: usize,
-    /// Ticks between leader heartbeats.
-    pub heartbeat_ticks: usize,
-    /// Applied entries kept in the log before it is compacted.
-    pub compact_threshold: u64,
-    /// Applied entries left in the log after a compaction, for slow followers.
-    pub compact_keep: u64,
-    /// How long a client waits for its proposal or read before it gets a timeout.
-    pub request_timeout: Duration,
+    /// Raft timing and log compaction.
+    pub tuning: RaftTuning,
     /// The largest entry proposed: a larger proposal is refused before it reaches
     /// Raft, and a peer's forwarded proposal carrying one is dropped.
     pub max_entry_bytes: usize,
@@ -214,8 +221,8 @@ pub fn spawn(
     }
     let raft_config = raft::Config {
         id: config.id,
-        election_tick: config.election_ticks,
-        heartbeat_tick: config.heartbeat_ticks,
+        election_tick: config.tuning.election_ticks,
+        heartbeat_tick: config.tuning.heartbeat_ticks,
         applied,
         // An append message carries at most 1 MiB of entries, or one larger entry
         // (raft-rs always sends at least one); the leader holds four of the
@@ -258,7 +265,7 @@ pub fn spawn(
     let handle = RaftHandle {
         tx,
         shared: Arc::clone(&shared),
-        timeout: config.request_timeout,
+        timeout: config.tuning.request_timeout,
     };
     let mut driver = Driver {
         config,
@@ -308,7 +315,7 @@ impl Driver {
     fn run(&mut self, rx: &Receiver<Request>) -> Result<(), DriverError> {
         let mut last_tick = Instant::now();
         loop {
-            let wait = self.config.tick.saturating_sub(last_tick.elapsed());
+            let wait = self.config.tuning.tick.saturating_sub(last_tick.elapsed());
             match rx.recv_timeout(wait) {
                 Ok(Request::Shutdown) => return Ok(()),
                 Ok(request) => self.handle(request)?,
@@ -323,7 +330,7 @@ impl Driver {
                     Err(_) => break,
                 }
             }
-            if last_tick.elapsed() >= self.config.tick {
+            if last_tick.elapsed() >= self.config.tuning.tick {
                 last_tick = Instant::now();
                 if self.halted.is_none() {
                     self.raw.tick();
@@ -349,7 +356,7 @@ impl Driver {
     }
 
     fn deadline(&self) -> Instant {
-        Instant::now() + self.config.request_timeout
+        Instant::now() + self.config.tuning.request_timeout
     }
 
     /// The proposal id of a context this process load proposed.

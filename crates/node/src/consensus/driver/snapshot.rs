@@ -87,10 +87,10 @@ impl Driver {
     pub(super) fn maybe_compact(&mut self) -> Result<(), DriverError> {
         let applied = self.fsm.applied_index();
         let first = self.log.first_index();
-        if applied < first || applied - first < self.config.compact_threshold {
+        if applied < first || applied - first < self.config.tuning.compact_threshold {
             return Ok(());
         }
-        self.compact_to(applied.saturating_sub(self.config.compact_keep))
+        self.compact_to(applied.saturating_sub(self.config.tuning.compact_keep))
             .map(|_| ())
             .map_err(log_err)
     }
