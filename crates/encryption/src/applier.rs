@@ -544,12 +544,7 @@ impl Applier {
             (Purpose::Raft, boot.raft_dek_id, &boot.wrapped_raft),
         ] {
             let dek = keyring.unwrap(key_id, wrapped)?;
-            let twin = new.iter().find_map(|k| {
-                aws_lc_rs::constant_time::verify_slices_are_equal(k.dek.as_bytes(), dek.as_bytes())
-                    .ok()
-                    .map(|()| k.key_id)
-            });
-            if let Some(same_as) = twin.or_else(|| keyring.holder_of(&dek)) {
+            if let Some(same_as) = keyring.duplicate_of(&new, &dek) {
                 return reject(Rejection::DuplicateKey { key_id, same_as });
             }
             new.push(NewKey {
@@ -643,7 +638,7 @@ impl Applier {
 
         let planned = self.plan_rows(&rows, false)?;
         let dek = keyring.unwrap(rot.dek_id, &rot.wrapped)?;
-        if let Some(same_as) = keyring.holder_of(&dek) {
+        if let Some(same_as) = keyring.duplicate_of(&[], &dek) {
             return reject(Rejection::DuplicateKey {
                 key_id: rot.dek_id,
                 same_as,

@@ -329,6 +329,11 @@ impl Dek {
     pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
         &self.0
     }
+
+    /// Whether `other` has the same bytes, compared in constant time.
+    pub fn same_bytes(&self, other: &Dek) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(&self.0, &other.0).is_ok()
+    }
 }
 
 impl fmt::Debug for Dek {
@@ -408,11 +413,10 @@ impl Keystore {
 
     /// The id of a loaded DEK whose bytes equal `dek`'s, compared in constant time.
     pub fn holder_of(&self, dek: &Dek) -> Option<u32> {
-        self.slots.iter().find_map(|(&id, slot)| {
-            aws_lc_rs::constant_time::verify_slices_are_equal(slot.dek.as_bytes(), dek.as_bytes())
-                .ok()
-                .map(|()| id)
-        })
+        self.slots
+            .iter()
+            .find(|(_, slot)| slot.dek.same_bytes(dek))
+            .map(|(&id, _)| id)
     }
 
     /// Whether a DEK is loaded under `key_id`.

@@ -141,12 +141,7 @@ impl Keyring {
                     _ => 0,
                 };
             let dek = self.unwrap(key_id, wrapped)?;
-            let twin = new.iter().find_map(|k: &NewKey| {
-                aws_lc_rs::constant_time::verify_slices_are_equal(k.dek.as_bytes(), dek.as_bytes())
-                    .ok()
-                    .map(|()| k.key_id)
-            });
-            if let Some(same_as) = twin.or_else(|| self.holder_of(&dek)) {
+            if let Some(same_as) = self.duplicate_of(&new, &dek) {
                 return Err(KeyringError::DuplicateDek { key_id, same_as });
             }
             new.push(NewKey {

@@ -121,8 +121,13 @@ impl Keyring {
             .map_err(|source| KeyringError::KekDoesNotUnwrap { key_id, source })
     }
 
-    /// The id of a loaded key whose DEK has `dek`'s bytes (constant-time compare).
-    pub(crate) fn holder_of(&self, dek: &Dek) -> Option<u32> {
-        self.read().keys.holder_of(dek)
+    /// The id of a key with `dek`'s bytes among `new` (keys about to be installed
+    /// together) or the loaded ones, compared in constant time: two ids must never
+    /// share an AES key, and so its nonces.
+    pub(crate) fn duplicate_of(&self, new: &[NewKey], dek: &Dek) -> Option<u32> {
+        new.iter()
+            .find(|k| k.dek.same_bytes(dek))
+            .map(|k| k.key_id)
+            .or_else(|| self.read().keys.holder_of(dek))
     }
 }

@@ -1074,31 +1074,6 @@ fn a_restored_or_wiped_encrypted_node_is_refused_before_it_seals() {
     assert!(sealed > 0, "the nonce ledgers recorded no seal");
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let (ok, _, err) = run(std::process::Command::new("cp").arg("-a").arg(from).arg(to));
-    assert!(ok, "cp -a: {err}");
-}
-
-/// Starts `node` on a data dir that lost what it acknowledged and waits for it to
-/// exit non-zero with a line that names the fix; returns what it logged.
-fn refused(node: &mut Node, peers: &str) -> String {
-    let before = node.log_text().len();
-    node.spawn(peers);
-    let status = eventually(&format!("node {} to refuse", node.id), LONG, || {
-        node.exited()
-    });
-    node.kill();
-    let log = node.log_text()[before..].to_string();
-    assert!(!status.success(), "node {} exited cleanly:\n{log}", node.id);
-    assert!(
-        log.contains("wiped") && log.contains(&format!("remove-node --id {}", node.id)),
-        "node {}:\n{log}",
-        node.id
-    );
-    assert!(!log.contains("panicked"), "node {}:\n{log}", node.id);
-    log
-}
-
 /// The KEK given in `SEALKV_KEK_BASE64` is gone from the running node's
 /// environment, `/proc/<pid>/environ` included (removing the variable alone leaves
 /// it there), and the node runs encrypted with it.

@@ -395,3 +395,31 @@ pub fn assert_no_nonce_repeats(dir: &Path) -> usize {
     }
     total
 }
+
+/// `cp -a from to`, which must succeed.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let (ok, _, err) = run(std::process::Command::new("cp").arg("-a").arg(from).arg(to));
+    assert!(ok, "cp -a: {err}");
+}
+
+/// Starts `node` on a data dir that lost what it acknowledged and waits for it to
+/// exit non-zero with a line that names the fix; returns what it logged.
+pub fn refused(node: &mut Node, peers: &str) -> String {
+    let before = node.log_text().len();
+    node.spawn(peers);
+    let status = eventually(
+        &format!("node {} to refuse", node.id),
+        Duration::from_secs(30),
+        || node.exited(),
+    );
+    node.kill();
+    let log = node.log_text()[before..].to_string();
+    assert!(!status.success(), "node {} exited cleanly:\n{log}", node.id);
+    assert!(
+        log.contains("wiped") && log.contains(&format!("remove-node --id {}", node.id)),
+        "node {}:\n{log}",
+        node.id
+    );
+    assert!(!log.contains("panicked"), "node {}:\n{log}", node.id);
+    log
+}
