@@ -109,6 +109,10 @@ pub enum DriverError {
     /// raft-rs refused to build the node.
     #[error("start raft node")]
     Raft(#[from] raft::Error),
+    /// The driver thread panicked (a bug, or a test's fail point modelling a
+    /// crash): it stopped where it was, and the node exits.
+    #[error("raft driver panicked: {0}")]
+    Panicked(String),
     /// The node was stopped with a reason (its data dir is an earlier copy).
     #[error("{0}")]
     Refused(String),
@@ -289,7 +293,11 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("raft-driver".into())
         .spawn(move || {
-            let result = driver.run(&rx);
+            // A panic stops the driver where it was, as a crash would: nothing of
+            // the Ready in hand is written after it. It is caught only to report it
+            // (status, health) and to answer the waiters; the node then exits.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.run(&rx)))
+                .unwrap_or_else(|panic| Err(DriverError::Panicked(panic_message(&*panic))));
             if let Err(e) = &result {
                 let msg = crate::error_chain(e);
                 tracing::error!("raft driver stopped: {msg}");
@@ -305,6 +313,15 @@ pub fn spawn(
         })
         .map_err(|e| DriverError::Log(Box::new(e)))?;
     Ok((handle, thread))
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 fn log_err(e: impl std::error::Error + Send + Sync + 'static) -> DriverError {
