@@ -22,17 +22,36 @@ mod cluster;
 ///
 /// `sealkv-store` holds the Raft log storage (DESIGN.md §2), so it may depend on raft
 /// and raft-proto, but never on tokio.
+///
+/// No crate's normal build pulls in `fail` (fail-rs): fail points exist only in
+/// test builds, through the test-only `failpoints` features, so a release `sealkv`
+/// has none and no way to arm one.
 const LAYERING: &[(&str, &[&str])] = &[
     (
         "sealkv-fsmwire",
-        &["rocksdb", "librocksdb-sys", "tokio", "raft", "raft-proto"],
+        &[
+            "rocksdb",
+            "librocksdb-sys",
+            "tokio",
+            "raft",
+            "raft-proto",
+            "fail",
+        ],
     ),
     (
         "sealkv-encryption",
-        &["rocksdb", "librocksdb-sys", "tokio", "raft", "raft-proto"],
+        &[
+            "rocksdb",
+            "librocksdb-sys",
+            "tokio",
+            "raft",
+            "raft-proto",
+            "fail",
+        ],
     ),
-    ("sealkv-store", &["tokio"]),
-    ("sealkv-kv", &["tokio"]),
+    ("sealkv-store", &["tokio", "fail"]),
+    ("sealkv-kv", &["tokio", "fail"]),
+    ("sealkv-node", &["fail"]),
 ];
 
 /// Crates that must not name these as *direct* dependencies, though a crate below

@@ -11,12 +11,16 @@
 //! * [`metrics`]: the Prometheus metrics.
 //! * [`encryption`]: encryption configuration, the startup guards, and the control
 //!   plane's proposals (bootstrap, rotation, registration, envelope switches).
+//! * `failpoints` (test-only feature `failpoints`): fail points armed from
+//!   `FAILPOINTS` and the admin endpoint, and raw proposals that skip admission.
 
 pub mod admin;
 pub mod admin_client;
 pub mod backend;
 pub mod consensus;
 pub mod encryption;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 pub mod metrics;
 pub mod resp;
 pub mod startup;

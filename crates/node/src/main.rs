@@ -429,6 +429,7 @@ fn start(
     if config.id == 0 {
         anyhow::bail!("--id 0 is not a valid node id");
     }
+    arm_failpoints()?;
     let opened = Opened::open(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -451,6 +452,28 @@ fn start(
         tracing::info!("shutting down");
         running.shutdown().await
     })
+}
+
+/// A test build (feature `failpoints`) arms the fail points `FAILPOINTS` names
+/// before anything is opened, and says that it has fail points; any other build has
+/// none to arm.
+#[cfg(feature = "failpoints")]
+fn arm_failpoints() -> anyhow::Result<()> {
+    let armed = sealkv_node::failpoints::arm_from_env()?;
+    tracing::warn!(
+        ?armed,
+        "this is a test build with fail points (feature failpoints)"
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[allow(clippy::unnecessary_wraps)]
+fn arm_failpoints() -> anyhow::Result<()> {
+    if std::env::var_os("FAILPOINTS").is_some() {
+        tracing::warn!("FAILPOINTS is set, but this build has no fail points: ignored");
+    }
+    Ok(())
 }
 
 /// Waits for SIGINT or SIGTERM, or for the Raft driver to stop on its own.

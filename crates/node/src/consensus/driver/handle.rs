@@ -169,6 +169,12 @@ pub(super) enum Request {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<Outcome, ProposeError>>,
     },
+    /// A proposal that skips admission (test builds only).
+    #[cfg(feature = "failpoints")]
+    ProposeRaw {
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    },
     ConfChange {
         change: ConfChangeV2,
         reply: oneshot::Sender<Result<ConfState, ProposeError>>,
@@ -238,6 +244,19 @@ impl RaftHandle {
     /// Any [`ProposeError`].
     pub async fn propose(&self, data: Vec<u8>) -> Result<Outcome, ProposeError> {
         self.ask(|reply| Request::Propose { data, reply }).await
+    }
+
+    /// Proposes `data` as it is, skipping admission (the size cap and
+    /// [`KvFsm::admit`](sealkv_kv::KvFsm::admit)), and waits until this node
+    /// applied it: how a test puts an entry every replica halts on into the log.
+    /// Only in test builds (feature `failpoints`). On a follower it is forwarded to
+    /// the leader, whose admission drops it: send it to the leader.
+    ///
+    /// # Errors
+    /// Any [`ProposeError`]; [`ProposeError::Halted`] when the entry halts.
+    #[cfg(feature = "failpoints")]
+    pub async fn propose_raw(&self, data: Vec<u8>) -> Result<Outcome, ProposeError> {
+        self.ask(|reply| Request::ProposeRaw { data, reply }).await
     }
 
     /// Proposes a membership change and waits until this node applied it.

@@ -414,6 +414,18 @@ impl Driver {
                     self.proposals.insert(id, waiter);
                 }
             }
+            #[cfg(feature = "failpoints")]
+            Request::ProposeRaw { data, reply } => {
+                if let Some(e) = self.refuse() {
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
+                let (id, ctx) = self.next_context();
+                let proposed = self.raw.propose(ctx, data);
+                if let Some(waiter) = self.waiter_for(proposed, reply) {
+                    self.proposals.insert(id, waiter);
+                }
+            }
             Request::ConfChange { change, reply } => {
                 if let Some(e) = self.refuse().or_else(|| self.check_change(&change).err()) {
                     let _ = reply.send(Err(e));
