@@ -439,7 +439,9 @@ impl<'a, M: Model> Search<'a, M> {
                 return Outcome::Linearizable;
             }
             steps = steps.wrapping_add(1);
-            if steps.is_multiple_of(CLOCK_EVERY) && self.deadline.is_some_and(|d| Instant::now() >= d) {
+            if steps.is_multiple_of(CLOCK_EVERY)
+                && self.deadline.is_some_and(|d| Instant::now() >= d)
+            {
                 return Outcome::Timeout;
             }
             if entry == self.tail || !self.node_is_call[entry] {
