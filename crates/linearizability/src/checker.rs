@@ -1,6 +1,6 @@
 //! The WGL search for a linearization, per key, with a deadline.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -219,19 +219,31 @@ const NONE: usize = usize::MAX;
 ///
 /// Operations without a return never force anything: they have no return entry,
 /// so the search succeeds as soon as every operation that returned is linearized,
-/// with the others left out (they never took effect). Two refinements keep them
-/// cheap: at each configuration the search tries the operations that returned
-/// before those that did not, and of several unknown operations with equal inputs
-/// that are all pending it only tries the first (they are interchangeable).
+/// with the others left out (they never took effect). Three refinements keep them
+/// cheap, each of which leaves the verdict unchanged:
+///
+/// - they are kept out of the list, in call order, and at each configuration the
+///   search tries the operations that returned before those that did not (the
+///   ones called before the first return still in the list), so it only places an
+///   unknown operation when it must;
+/// - of several unknown operations with equal inputs that are all pending it only
+///   tries the first: they are interchangeable;
+/// - the memo drops a configuration when one with the same state, the same
+///   returned operations linearized and a subset of the unknown ones was reached
+///   before: whatever completes the new one completes the old one too. Without
+///   this, proving a history with many unknown writes wrong would explore every
+///   subset of them.
+///
+/// Reads without a return are dropped up front: they change nothing and need not
+/// be placed.
 pub fn check_operations<M: Model>(
     model: &M,
     ops: &[Operation<M::Input, M::Output>],
     deadline: Option<Instant>,
 ) -> Verdict<M::Input, M::Output> {
-    // Unknown reads constrain nothing and change nothing.
     let ops: Vec<&Operation<M::Input, M::Output>> = ops
         .iter()
-        .filter(|op| op.ret.is_some() || op.output.is_some() || !model.is_read_only(&op.input))
+        .filter(|op| op.ret.is_some() || !model.is_read_only(&op.input))
         .collect();
     let mut search = Search::new(model, &ops, deadline);
     match search.run() {
@@ -247,21 +259,50 @@ enum Outcome {
     Timeout,
 }
 
-/// Which calls a walk of the list tries: first those of operations that returned,
-/// then those of operations that never did.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Pass {
-    Returned,
-    Open,
+/// Where the search stands in one configuration: walking the list for the next
+/// call of an operation that returned, or, once it met the first return still in
+/// the list (the *boundary*), walking the operations that never returned and were
+/// called before it.
+#[derive(Clone, Copy)]
+enum Cursor {
+    /// At this node of the list.
+    Returned(usize),
+    /// At this position of `open`, with the boundary's node (`tail` if none).
+    Open { pos: usize, boundary: usize },
 }
 
 struct Frame<S> {
-    /// The call entry lifted.
-    node: usize,
-    /// The pass it was lifted in, to resume there on backtrack.
-    pass: Pass,
+    /// The operation linearized.
+    op: usize,
+    /// Where the search stood when it linearized it, to resume after it.
+    at: Cursor,
     /// The state before it.
     state: S,
+}
+
+/// Records a configuration in the memo; false if it is dominated by one already
+/// there: the same linearized operations that returned, the same state, and a
+/// subset of its optional operations linearized.
+///
+/// Such a configuration cannot succeed where the other failed (or is still being
+/// explored): whatever completes it also completes the other, which may simply
+/// leave out the extra optional operations. This is what keeps unknown operations
+/// from multiplying the configurations of a history that is not linearizable by
+/// every subset of them.
+fn first_visit<S: Clone + Eq + std::hash::Hash>(
+    seen: &mut HashMap<(Bitset, S), Vec<Bitset>>,
+    known: &Bitset,
+    optional: &Bitset,
+    state: &S,
+) -> bool {
+    let reached = seen.entry((known.clone(), state.clone())).or_default();
+    if reached.iter().any(|other| other.is_subset_of(optional)) {
+        return false;
+    }
+    // Those it dominates need no keeping.
+    reached.retain(|other| !optional.is_subset_of(other));
+    reached.push(optional.clone());
+    true
 }
 
 /// A fixed-size set of operation indices.
@@ -289,22 +330,33 @@ impl Bitset {
             .get(i / 64)
             .is_some_and(|word| word & (1u64 << (i % 64)) != 0)
     }
+
+    fn is_subset_of(&self, other: &Bitset) -> bool {
+        self.0.iter().zip(&other.0).all(|(a, b)| a & !b == 0)
+    }
 }
 
 struct Search<'a, M: Model> {
     model: &'a M,
     ops: &'a [&'a Operation<M::Input, M::Output>],
     deadline: Option<Instant>,
-    /// Per list node: the operation, whether it is a call, and for a call its
-    /// return node (`NONE` if the operation never returned).
+    /// The calls and returns of the operations that returned, one node each, in
+    /// real-time order: per node its operation, whether it is a call, its order
+    /// key, and for a call its return node.
     node_op: Vec<usize>,
     node_is_call: Vec<bool>,
+    node_seq: Vec<u64>,
     node_match: Vec<usize>,
-    /// The doubly linked list; `head` and `tail` are sentinels.
+    /// Per operation that returned, its call node.
+    call_node: Vec<usize>,
+    /// The doubly linked list over those nodes; `head` and `tail` are sentinels.
     next: Vec<usize>,
     prev: Vec<usize>,
     head: usize,
     tail: usize,
+    /// The operations that never returned, by call. They stay out of the list:
+    /// they would sit at its front for good and slow every walk down.
+    open: Vec<usize>,
     /// Per operation: the unknown operations with an equal input called before it
     /// (for an unknown operation; empty otherwise).
     twins_before: Vec<Vec<usize>>,
@@ -319,28 +371,34 @@ impl<'a, M: Model> Search<'a, M> {
         ops: &'a [&'a Operation<M::Input, M::Output>],
         deadline: Option<Instant>,
     ) -> Self {
-        // Entries sort by (seq, return after call, operation).
+        // Entries sort by (seq, return after call, operation): a call and a return
+        // with equal keys are concurrent.
         let mut entries: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
+        let mut open: Vec<(u64, usize)> = Vec::new();
         for (i, op) in ops.iter().enumerate() {
-            entries.push((op.call.seq, false, i));
-            if let Some(ret) = op.ret {
-                entries.push((ret.seq.max(op.call.seq), true, i));
+            match op.ret {
+                Some(ret) => {
+                    entries.push((op.call.seq, false, i));
+                    entries.push((ret.seq.max(op.call.seq), true, i));
+                }
+                None => open.push((op.call.seq, i)),
             }
         }
         entries.sort_unstable();
+        open.sort_unstable();
         let n = entries.len();
         let (head, tail) = (n, n + 1);
         let mut node_op = vec![NONE; n];
         let mut node_is_call = vec![false; n];
+        let mut node_seq = vec![u64::MAX; n + 2];
         let mut node_match = vec![NONE; n];
         let mut call_node = vec![NONE; ops.len()];
-        for (node, &(_, is_return, op)) in entries.iter().enumerate() {
+        for (node, &(seq, is_return, op)) in entries.iter().enumerate() {
             node_op[node] = op;
             node_is_call[node] = !is_return;
+            node_seq[node] = seq;
             if is_return {
-                if let Some(&call) = call_node.get(op) {
-                    node_match[call] = node;
-                }
+                node_match[call_node[op]] = node;
             } else {
                 call_node[op] = node;
             }
@@ -358,19 +416,17 @@ impl<'a, M: Model> Search<'a, M> {
 
         // Unknown operations with equal inputs, ordered by (call, index): of those
         // pending at once only the first is tried.
-        let unknown: Vec<usize> = (0..ops.len())
-            .filter(|&i| ops[i].ret.is_none() && ops[i].output.is_none())
-            .collect();
+        let unknown = |i: usize| ops[i].ret.is_none() && ops[i].output.is_none();
         let twins_before = (0..ops.len())
             .map(|i| {
-                if ops[i].ret.is_some() || ops[i].output.is_some() {
+                if !unknown(i) {
                     return Vec::new();
                 }
-                unknown
-                    .iter()
-                    .copied()
+                (0..ops.len())
                     .filter(|&j| {
-                        ops[j].input == ops[i].input && (ops[j].call.seq, j) < (ops[i].call.seq, i)
+                        unknown(j)
+                            && ops[j].input == ops[i].input
+                            && (ops[j].call.seq, j) < (ops[i].call.seq, i)
                     })
                     .collect()
             })
@@ -382,11 +438,14 @@ impl<'a, M: Model> Search<'a, M> {
             deadline,
             node_op,
             node_is_call,
+            node_seq,
             node_match,
+            call_node,
             next,
             prev,
             head,
             tail,
+            open: open.into_iter().map(|(_, i)| i).collect(),
             twins_before,
             best: None,
         }
@@ -395,18 +454,12 @@ impl<'a, M: Model> Search<'a, M> {
     /// Unlinks a call and its return.
     fn lift(&mut self, call: usize) {
         self.unlink(call);
-        let ret = self.node_match[call];
-        if ret != NONE {
-            self.unlink(ret);
-        }
+        self.unlink(self.node_match[call]);
     }
 
     /// Relinks what [`lift`](Self::lift) unlinked, in reverse order.
     fn unlift(&mut self, call: usize) {
-        let ret = self.node_match[call];
-        if ret != NONE {
-            self.relink(ret);
-        }
+        self.relink(self.node_match[call]);
         self.relink(call);
     }
 
@@ -426,13 +479,16 @@ impl<'a, M: Model> Search<'a, M> {
         let ops = self.ops;
         let returned: Vec<bool> = ops.iter().map(|op| op.ret.is_some()).collect();
         let mut unplaced = returned.iter().filter(|&&r| r).count();
-        let mut linearized = Bitset::new(ops.len());
+        // The linearized operations: those that returned, and the optional ones
+        // (no return: they may be left out).
+        let mut known = Bitset::new(ops.len());
+        let mut optional = Bitset::new(ops.len());
         let mut order: Vec<usize> = Vec::new();
         let mut state = self.model.init();
         let mut stack: Vec<Frame<M::State>> = Vec::new();
-        let mut seen: HashSet<(Bitset, M::State)> = HashSet::new();
-        let mut entry = self.next[self.head];
-        let mut pass = Pass::Returned;
+        // The memo: per (known, state), the optional sets reached with them.
+        let mut seen: HashMap<(Bitset, M::State), Vec<Bitset>> = HashMap::new();
+        let mut at = Cursor::Returned(self.next[self.head]);
         let mut steps = 0u32;
         loop {
             if unplaced == 0 {
@@ -444,74 +500,110 @@ impl<'a, M: Model> Search<'a, M> {
             {
                 return Outcome::Timeout;
             }
-            if entry == self.tail || !self.node_is_call[entry] {
-                // The end of the calls that may go next: every operation called
-                // before the first pending return.
-                if pass == Pass::Returned {
-                    pass = Pass::Open;
-                    entry = self.next[self.head];
+            // The operation to try at this cursor, or where to move it.
+            let op = match at {
+                Cursor::Returned(node) if node == self.tail || !self.node_is_call[node] => {
+                    // The first return still in the list: every call that may go
+                    // next is before it.
+                    at = Cursor::Open {
+                        pos: 0,
+                        boundary: node,
+                    };
                     continue;
                 }
-                if self
-                    .best
-                    .as_ref()
-                    .is_none_or(|(b, _)| order.len() > b.len())
-                {
-                    let stuck = (entry != self.tail).then(|| self.node_op[entry]);
-                    self.best = Some((order.clone(), stuck));
-                }
-                let Some(frame) = stack.pop() else {
-                    return Outcome::NotLinearizable;
-                };
-                let op = self.node_op[frame.node];
-                linearized.set(op, false);
-                order.pop();
-                if returned[op] {
-                    unplaced += 1;
-                }
-                self.unlift(frame.node);
-                state = frame.state;
-                entry = self.next[frame.node];
-                pass = frame.pass;
-                continue;
-            }
-            let op = self.node_op[entry];
-            let eligible = match pass {
-                Pass::Returned => returned[op],
-                Pass::Open => !returned[op] && !self.has_pending_twin(op, &linearized),
-            };
-            if eligible {
-                let (next_state, output) = self.model.step(&state, &ops[op].input);
-                if ops[op].output.as_ref().is_none_or(|o| *o == output) {
-                    linearized.set(op, true);
-                    if seen.insert((linearized.clone(), next_state.clone())) {
-                        stack.push(Frame {
-                            node: entry,
-                            pass,
-                            state: std::mem::replace(&mut state, next_state),
-                        });
-                        order.push(op);
-                        if returned[op] {
-                            unplaced -= 1;
+                Cursor::Returned(node) => self.node_op[node],
+                Cursor::Open { pos, boundary } => {
+                    let Some(&op) = self
+                        .open
+                        .get(pos)
+                        .filter(|&&op| ops[op].call.seq <= self.node_seq[boundary])
+                    else {
+                        // Nothing fits here: backtrack.
+                        if self
+                            .best
+                            .as_ref()
+                            .is_none_or(|(b, _)| order.len() > b.len())
+                        {
+                            let stuck = (boundary != self.tail).then(|| self.node_op[boundary]);
+                            self.best = Some((order.clone(), stuck));
                         }
-                        self.lift(entry);
-                        entry = self.next[self.head];
-                        pass = Pass::Returned;
+                        let Some(frame) = stack.pop() else {
+                            return Outcome::NotLinearizable;
+                        };
+                        order.pop();
+                        state = frame.state;
+                        at = match frame.at {
+                            Cursor::Returned(node) => {
+                                known.set(frame.op, false);
+                                unplaced += 1;
+                                self.unlift(node);
+                                Cursor::Returned(self.next[node])
+                            }
+                            Cursor::Open { pos, boundary } => {
+                                optional.set(frame.op, false);
+                                Cursor::Open {
+                                    pos: pos + 1,
+                                    boundary,
+                                }
+                            }
+                        };
+                        continue;
+                    };
+                    if optional.get(op) || self.has_pending_twin(op, &optional) {
+                        at = Cursor::Open {
+                            pos: pos + 1,
+                            boundary,
+                        };
                         continue;
                     }
-                    linearized.set(op, false);
+                    op
                 }
+            };
+            let (next_state, output) = self.model.step(&state, &ops[op].input);
+            if ops[op].output.as_ref().is_none_or(|o| *o == output) {
+                let set = if returned[op] {
+                    &mut known
+                } else {
+                    &mut optional
+                };
+                set.set(op, true);
+                if first_visit(&mut seen, &known, &optional, &next_state) {
+                    stack.push(Frame {
+                        op,
+                        at,
+                        state: std::mem::replace(&mut state, next_state),
+                    });
+                    order.push(op);
+                    if returned[op] {
+                        unplaced -= 1;
+                        self.lift(self.call_node[op]);
+                    }
+                    at = Cursor::Returned(self.next[self.head]);
+                    continue;
+                }
+                let set = if returned[op] {
+                    &mut known
+                } else {
+                    &mut optional
+                };
+                set.set(op, false);
             }
-            entry = self.next[entry];
+            at = match at {
+                Cursor::Returned(node) => Cursor::Returned(self.next[node]),
+                Cursor::Open { pos, boundary } => Cursor::Open {
+                    pos: pos + 1,
+                    boundary,
+                },
+            };
         }
     }
 
     /// Whether an unknown operation with the same input as `op`, called before it,
     /// is still pending: then trying `op` would only repeat trying that one.
-    fn has_pending_twin(&self, op: usize, linearized: &Bitset) -> bool {
+    fn has_pending_twin(&self, op: usize, optional: &Bitset) -> bool {
         self.twins_before
             .get(op)
-            .is_some_and(|twins| twins.iter().any(|&j| !linearized.get(j)))
+            .is_some_and(|twins| twins.iter().any(|&j| !optional.get(j)))
     }
 
     /// Describes the deepest point the search reached.
