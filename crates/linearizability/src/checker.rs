@@ -46,9 +46,10 @@ impl<I: fmt::Display, O: fmt::Display> fmt::Display for Operation<I, O> {
             Some(output) => write!(f, "{output}")?,
             None => f.write_str("?")?,
         }
-        write!(f, " [seq {} @{}ns .. ", self.call.seq, self.call.time_ns)?;
+        let at = |stamp: &Stamp| Duration::from_nanos(stamp.time_ns);
+        write!(f, " [seq {} @{:?} .. ", self.call.seq, at(&self.call))?;
         match &self.ret {
-            Some(ret) => write!(f, "seq {} @{}ns]", ret.seq, ret.time_ns),
+            Some(ret) => write!(f, "seq {} @{:?}]", ret.seq, at(ret)),
             None => f.write_str("never]"),
         }
     }
@@ -489,7 +490,9 @@ impl<'a, M: Model> Search<'a, M> {
         // The memo: per (known, state), the optional sets reached with them.
         let mut seen: HashMap<(Bitset, M::State), Vec<Bitset>> = HashMap::new();
         let mut at = Cursor::Returned(self.next[self.head]);
-        let mut steps = 0u32;
+        // Starting one short of a look at the clock: a deadline already passed
+        // is noticed at once.
+        let mut steps = CLOCK_EVERY - 1;
         loop {
             if unplaced == 0 {
                 return Outcome::Linearizable;

@@ -79,3 +79,21 @@ fn fixtures_round_trip() {
         assert_eq!(again, history, "{}", path.display());
     }
 }
+
+/// The report names the prefix, the state after it and the op that could not go
+/// next, with client, input, output and times.
+#[test]
+fn report_names_the_ops() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bad/read_back_in_time.json");
+    let report = check_fixture(&path).0.to_string();
+    for line in [
+        "key \"x\" is not linearizable: longest linearizable prefix: 3 ops",
+        "op 0 client 1: SET \"a\" -> OK [seq 0 @0ns .. seq 1 @1µs]",
+        "op 2 client 2: GET -> \"b\" [seq 3 @3µs .. seq 4 @4µs]",
+        "state after it: \"b\"",
+        "cannot place: op 3 client 3: GET -> \"a\" [seq 5 @5µs .. seq 6 @6µs]",
+    ] {
+        assert!(report.contains(line), "{line:?} not in\n{report}");
+    }
+}

@@ -66,3 +66,16 @@ fn busy_history_with_one_bad_read_is_rejected() {
         "{result}"
     );
 }
+
+/// A deadline already passed: every key is a timeout, never a verdict.
+#[test]
+fn passed_deadline_is_a_timeout() {
+    let history = busy_history(4);
+    let result = check(&history, Duration::ZERO);
+    assert!(!result.is_linearizable());
+    assert_eq!(result.keys.len(), 5);
+    for (key, key_result) in &result.keys {
+        assert_eq!(key_result, &KeyResult::Timeout { key: key.clone() });
+    }
+    assert!(result.to_string().contains("timed out"), "{result}");
+}

@@ -5,6 +5,7 @@
 
 mod fixtures;
 mod generated;
+mod generic;
 mod oracle;
 mod recorder;
 mod sim;
