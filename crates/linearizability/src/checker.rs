@@ -63,8 +63,9 @@ pub struct Explanation<I, O> {
     pub linearized: Vec<Operation<I, O>>,
     /// The model's state after `linearized`.
     pub state: String,
-    /// The operation that returned before it could be placed after `linearized`;
-    /// `None` only if the search never placed anything.
+    /// The operation that had to go next (its return is the first one left) and
+    /// could not. Always `Some` in a [`Verdict::NotLinearizable`]: an operation
+    /// that returned and is not linearized always has such a return.
     pub stuck: Option<Operation<I, O>>,
     /// The other operations called by then and not linearized: none of them could
     /// be placed next either (the unknown ones could, but did not help).
