@@ -8,6 +8,8 @@
 //!   binary with the given arguments (`start` when none).
 //! * `cluster` — build `sealkv` and run a local three-node cluster.
 //! * `bench` — criterion micro-benchmarks and redis-benchmark against a local cluster.
+//! * `faults` — the long run of the fault tests (kills, partitions, pauses, clock
+//!   skew, linearizability) and one summary of it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +18,7 @@ use anyhow::{Context, bail};
 
 mod bench;
 mod cluster;
+mod faults;
 
 /// Crates that must stay free of storage, async runtime and consensus dependencies,
 /// and what they must not pull in anywhere in their dependency tree (DESIGN.md §2).
@@ -91,8 +94,9 @@ fn main() -> anyhow::Result<()> {
         "run" => run_sealkv(&std::env::args().skip(2).collect::<Vec<_>>()),
         "cluster" => cluster::cluster(&std::env::args().skip(2).collect::<Vec<_>>()),
         "bench" => bench::bench(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "faults" => faults::faults(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
-            eprintln!("usage: cargo xtask <ci|prereqs|layering|run|cluster|bench>");
+            eprintln!("usage: cargo xtask <ci|prereqs|layering|run|cluster|bench|faults>");
             eprintln!(
                 "  ci        prerequisites, fmt, clippy, tests, docs, layering (what CI runs)"
             );
@@ -104,6 +108,9 @@ fn main() -> anyhow::Result<()> {
             eprintln!("  cluster   run a local three-node cluster (--fresh: empty data dirs)");
             eprintln!(
                 "  bench     criterion benches and redis-benchmark on a local cluster (--micro, --cluster)"
+            );
+            eprintln!(
+                "  faults    long fault run: kill cycles, partitions, linearizability (--kill-cycles N ...)"
             );
             bail!("unknown task {task:?}")
         }
@@ -298,6 +305,19 @@ fn is_libclang(name: &str) -> bool {
         .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()) && rest.contains(".so"))
 }
 
+/// Whether Debian's `libfaketime` is installed: the fault tests skew node clocks
+/// with it (the paths `sealkv-faults` looks in).
+fn have_faketime() -> bool {
+    [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+        "/usr/local/lib",
+    ]
+    .iter()
+    .any(|d| Path::new(d).join("faketime/libfaketime.so.1").exists())
+}
+
 fn have(program: &str) -> bool {
     Command::new(program)
         .arg("--version")
@@ -315,11 +335,12 @@ fn is_root() -> bool {
 /// Checks for libclang (bindgen) and a C++ compiler (RocksDB); installs them with apt
 /// on Debian when running as root, otherwise prints the command to run.
 fn prereqs() -> anyhow::Result<()> {
-    const PACKAGES: &[&str] = &["libclang-dev", "clang", "g++", "make"];
+    const PACKAGES: &[&str] = &["libclang-dev", "clang", "g++", "make", "libfaketime"];
     let missing_clang = find_libclang().is_none();
     let missing_cxx = !have("c++") && !have("g++");
-    if !missing_clang && !missing_cxx {
-        eprintln!("==> prerequisites present (libclang, C++ compiler)");
+    let missing_faketime = !have_faketime();
+    if !missing_clang && !missing_cxx && !missing_faketime {
+        eprintln!("==> prerequisites present (libclang, C++ compiler, libfaketime)");
         return Ok(());
     }
     let install = format!(
@@ -339,9 +360,14 @@ fn prereqs() -> anyhow::Result<()> {
         if find_libclang().is_none() {
             bail!("libclang still not found after install; set LIBCLANG_PATH");
         }
+        if !have_faketime() {
+            bail!("libfaketime still not found after install");
+        }
         return Ok(());
     }
-    bail!("RocksDB's build needs libclang and a C++ compiler; install them with: sudo {install}")
+    bail!(
+        "RocksDB's build needs libclang and a C++ compiler, and the fault tests libfaketime; install them with: sudo {install}"
+    )
 }
 
 /// Fails if a crate pulls in a forbidden dependency, or a workspace crate depends on a
