@@ -218,6 +218,49 @@ impl FaultCluster {
         );
     }
 
+    /// Waits until `n` more writes than `from` were acknowledged; on timeout the
+    /// failure shows every node's Raft state.
+    pub fn progress(&self, tally: &Tally, from: u64, n: u64, what: &str) {
+        let deadline = std::time::Instant::now() + RECOVERY;
+        while Tally::get(&tally.acked_writes) < from + n {
+            if std::time::Instant::now() >= deadline {
+                panic!(
+                    "timed out waiting for {n} acknowledged writes {what} ({} so far)\n{}",
+                    Tally::get(&tally.acked_writes) - from,
+                    self.describe()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// One line per node: role, leader, term, commit and applied index, halt.
+    pub fn describe(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                if self.paused.contains(&n.id) {
+                    return format!("node {}: paused", n.id);
+                }
+                match n.status() {
+                    Some(s) => format!(
+                        "node {}: {} leader {} term {} commit {} applied {} halted {} fatal {}",
+                        n.id,
+                        s["role"],
+                        s["leader_id"],
+                        s["term"],
+                        s["commit_index"],
+                        s["applied_index"],
+                        s["halted"],
+                        s["fatal"]
+                    ),
+                    None => format!("node {}: no status", n.id),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Asserts that no node halted or hit a fatal error.
     pub fn assert_healthy(&self) {
         for (id, s) in self.statuses() {
@@ -234,12 +277,16 @@ impl FaultCluster {
 
 impl Drop for FaultCluster {
     fn drop(&mut self) {
-        // A stopped process ignores SIGKILL until continued on some kernels' views;
-        // continue it first so the kill in Node's drop takes effect at once.
-        for id in std::mem::take(&mut self.paused) {
-            if let Some(pid) = self.nodes[(id - 1) as usize].pid() {
-                process::resume(pid);
-            }
+        // A failing test keeps the nodes' logs and data dirs for a post-mortem. The
+        // processes themselves die with each `Node` (SIGKILL ends a stopped process
+        // too).
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "fault cluster kept in {} (node logs: nodeN.log); link faults: {:?}",
+                self.dir.path().display(),
+                self.net.faults()
+            );
         }
     }
 }

@@ -33,13 +33,6 @@ fn own_key(writer: u64, k: u64) -> String {
     format!("own:{writer}:{k}")
 }
 
-/// Waits until `n` more writes than `from` were acknowledged.
-fn progress(tally: &Tally, from: u64, n: u64, what: &str) {
-    eventually(&format!("{n} acknowledged writes {what}"), RECOVERY, || {
-        (Tally::get(&tally.acked_writes) >= from + n).then_some(())
-    });
-}
-
 #[test]
 fn kill_cycles_lose_no_acknowledged_write() {
     let _serial = serial();
@@ -113,7 +106,7 @@ fn kill_cycles_lose_no_acknowledged_write() {
         c.kill(victim);
         let rest: Vec<u64> = c.ids().into_iter().filter(|&i| i != victim).collect();
         c.leader_among(&rest);
-        progress(
+        c.progress(
             &tally,
             before,
             PROGRESS,
@@ -132,7 +125,7 @@ fn kill_cycles_lose_no_acknowledged_write() {
             c.restart(id);
         }
         c.leader();
-        progress(&tally, before, PROGRESS, "after a whole-cluster restart");
+        c.progress(&tally, before, PROGRESS, "after a whole-cluster restart");
     }
     stop.stop();
     let expected: Vec<BTreeMap<String, Expect>> = writers

@@ -9,9 +9,9 @@ use std::time::Duration;
 use sealkv_faults::workload::{self, ClientIds, Stop, Tally};
 use sealkv_linearizability::Recorder;
 
-use crate::cluster::{FaultCluster, RECOVERY};
+use crate::cluster::FaultCluster;
 use crate::scale::{Scale, assert_linearizable, report};
-use crate::support::{assert_no_nonce_repeats, eventually, serial};
+use crate::support::{assert_no_nonce_repeats, serial};
 
 /// Client threads.
 const CLIENTS: u64 = 5;
@@ -43,13 +43,6 @@ const ROUNDS: &[Fault] = &[
     Fault::KillLeader,
     Fault::Delay,
 ];
-
-fn progress(tally: &Tally, n: u64, what: &str) {
-    let from = Tally::get(&tally.acked_writes);
-    eventually(&format!("{n} acknowledged writes {what}"), RECOVERY, || {
-        (Tally::get(&tally.acked_writes) >= from + n).then_some(())
-    });
-}
 
 #[test]
 fn histories_under_partitions_pauses_and_kills_are_linearizable() {
@@ -95,8 +88,9 @@ fn histories_under_partitions_pauses_and_kills_are_linearizable() {
                 c.net.isolate(leader);
                 partitions += 1;
                 c.leader_among(&followers);
-                progress(
+                c.progress(
                     &tally,
+                    Tally::get(&tally.acked_writes),
                     PROGRESS,
                     &format!("with old leader {leader} cut off"),
                 );
@@ -106,31 +100,56 @@ fn histories_under_partitions_pauses_and_kills_are_linearizable() {
                 let f = followers[rng.usize(..followers.len())];
                 c.net.isolate(f);
                 partitions += 1;
-                progress(&tally, PROGRESS, &format!("with follower {f} cut off"));
+                c.progress(
+                    &tally,
+                    Tally::get(&tally.acked_writes),
+                    PROGRESS,
+                    &format!("with follower {f} cut off"),
+                );
                 c.net.heal();
             }
             Fault::OneWayCut => {
                 let f = followers[rng.usize(..followers.len())];
                 c.net.cut_one_way(leader, f);
                 partitions += 1;
-                progress(&tally, PROGRESS, &format!("with link {leader} -> {f} cut"));
+                c.progress(
+                    &tally,
+                    Tally::get(&tally.acked_writes),
+                    PROGRESS,
+                    &format!("with link {leader} -> {f} cut"),
+                );
                 c.net.heal();
             }
             Fault::PauseLeader => {
                 c.pause(leader);
                 c.leader_among(&followers);
-                progress(&tally, PROGRESS, &format!("with leader {leader} paused"));
+                c.progress(
+                    &tally,
+                    Tally::get(&tally.acked_writes),
+                    PROGRESS,
+                    &format!("with leader {leader} paused"),
+                );
                 c.resume(leader);
             }
             Fault::KillLeader => {
                 c.kill(leader);
                 c.leader_among(&followers);
-                progress(&tally, PROGRESS, &format!("with leader {leader} killed"));
+                c.progress(
+                    &tally,
+                    Tally::get(&tally.acked_writes),
+                    PROGRESS,
+                    &format!("with leader {leader} killed"),
+                );
                 c.restart(leader);
             }
             Fault::Delay => {
                 c.net.delay_all(Duration::from_millis(20));
-                progress(&tally, PROGRESS, "with every link delayed");
+                c.progress(
+                    &tally,
+                    Tally::get(&tally.acked_writes),
+                    PROGRESS,
+                    "with every link delayed",
+                );
                 c.net.heal();
             }
         }
