@@ -14,6 +14,7 @@ use sealkv_encryption::kek::{
 use sealkv_kv::SizeLimits;
 use sealkv_node::consensus::PeerBook;
 use sealkv_node::encryption::EncryptionConfig;
+use sealkv_node::resp::Password;
 use sealkv_node::startup::{self, Config, RaftTuning};
 use sealkv_node::{admin_client, startup::Opened};
 use zeroize::Zeroizing;
@@ -241,6 +242,12 @@ struct StartArgs {
     /// the data dir (`sealkv kek generate PATH` writes one).
     #[arg(long, env = "SEALKV_KEK_FILE")]
     kek_file: Option<PathBuf>,
+    /// Require Redis clients to authenticate (`AUTH password`, `AUTH default
+    /// password` or `HELLO 3 AUTH default password`) with the password in this file:
+    /// one line, a trailing newline ignored, owner-only permissions (chmod 600). Read
+    /// once at startup and never logged. Without it, no password is asked.
+    #[arg(long, env = "SEALKV_REDIS_PASSWORD_FILE")]
+    redis_password_file: Option<PathBuf>,
 }
 
 /// Reads the KEK from `SEALKV_KEK_BASE64`, overwrites its value in the environment
@@ -424,6 +431,12 @@ fn start(
             max_entry_bytes: args.max_entry_bytes,
         },
         encryption,
+        redis_password: args
+            .redis_password_file
+            .as_deref()
+            .map(|path| Password::from_file(path).map(Arc::new))
+            .transpose()
+            .context("load --redis-password-file")?,
     };
     config.sizes.validate().map_err(anyhow::Error::msg)?;
     if config.id == 0 {

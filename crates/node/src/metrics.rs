@@ -1,5 +1,5 @@
 //! The node's Prometheus metrics: Raft state, proposals, apply latency, halts,
-//! snapshots and compactions, and encryption (decrypt failures by reason, envelopes
+//! snapshots and compactions, failed Redis authentications, and encryption (decrypt failures by reason, envelopes
 //! sealed per key, active key ids, sidecar index). `GET /metrics` on the admin
 //! endpoint serves them in the Prometheus text format.
 
@@ -29,6 +29,8 @@ pub struct Metrics {
     pub snapshots_installed: IntCounter,
     /// Log compactions.
     pub compactions: IntCounter,
+    /// Failed Redis authentication attempts (`AUTH`, `HELLO ... AUTH`).
+    pub auth_failures: IntCounter,
     role: IntGaugeVec,
     term: IntGauge,
     commit_index: IntGauge,
@@ -141,6 +143,11 @@ impl Metrics {
                 "sealkv_log_compactions_total",
                 "Raft log compactions",
             )?,
+            auth_failures: counter(
+                &registry,
+                "sealkv_auth_failures_total",
+                "Failed Redis authentication attempts (AUTH, HELLO AUTH)",
+            )?,
             role,
             term: gauge(&registry, "sealkv_raft_term", "Current Raft term")?,
             commit_index: gauge(&registry, "sealkv_raft_commit_index", "Raft commit index")?,
@@ -225,6 +232,7 @@ mod tests {
             "sealkv_apply_seconds_bucket",
             "sealkv_halted 0",
             "sealkv_raft_term",
+            "sealkv_auth_failures_total 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

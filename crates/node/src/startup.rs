@@ -48,6 +48,9 @@ pub struct Config {
     pub sizes: sealkv_kv::SizeLimits,
     /// Encryption: whether it is enabled, and the KEK.
     pub encryption: EncryptionConfig,
+    /// The Redis `default` user's password (`--redis-password-file`); `None`: no
+    /// authentication.
+    pub redis_password: Option<Arc<crate::resp::Password>>,
 }
 
 /// The first steps, up to the state machine: what exists before Raft starts.
@@ -334,6 +337,8 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         let stop = until_stop(stopped.clone());
         let resp_config = crate::resp::Config {
             sizes: config.sizes,
+            password: config.redis_password.clone(),
+            auth_failures: Some(metrics.auth_failures.clone()),
             ..crate::resp::Config::default()
         };
         tasks.push(tokio::spawn(async move {

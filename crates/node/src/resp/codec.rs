@@ -1,6 +1,7 @@
 //! Inbound framing: [`CommandCodec`] checks each command's shape and size limits
 //! as its bytes arrive, then hands the complete command to redis-protocol's RESP2
-//! decoder; outbound frames go straight to redis-protocol's RESP2 encoder.
+//! decoder; outbound [`Frame`]s go to redis-protocol's RESP2 or RESP3 encoder,
+//! whichever the connection speaks.
 //!
 //! Why a guard in front of the library: redis-protocol's decoder has no limits and
 //! re-parses a frame from its first byte every time more bytes arrive. Left alone, a
@@ -27,18 +28,30 @@
 //!
 //! An array header with a count of zero or less is skipped without a reply, as
 //! Redis does.
+//!
+//! Until a connection has authenticated (when the server has a password), the
+//! guard applies Redis's much smaller limits for unauthenticated clients instead:
+//! at most [`UNAUTHENTICATED_MAX_ARGS`] arguments of at most
+//! [`UNAUTHENTICATED_MAX_BULK_LEN`] bytes, so a client without the password cannot
+//! make the server buffer more than a few hundred KiB.
 
 use redis_protocol::bytes::{Buf, Bytes, BytesMut};
-use redis_protocol::codec::Resp2;
 use redis_protocol::error::RedisProtocolError;
 use redis_protocol::resp2::types::BytesFrame;
 use redis_protocol::tokio_util::codec::{Decoder, Encoder};
 
 use super::args::parse_i64;
+use super::reply::{Frame, Protocol};
 
 /// The longest length header accepted, CRLF included: the type byte, an i64 in
 /// decimal (at most 20 characters) and CRLF fit in 23; the rest is slack.
 pub const MAX_HEADER_LEN: usize = 32;
+
+/// The most arguments (command name included) an unauthenticated client may send
+/// in one command: Redis's limit.
+pub const UNAUTHENTICATED_MAX_ARGS: usize = 10;
+/// The largest argument an unauthenticated client may send: Redis's limit.
+pub const UNAUTHENTICATED_MAX_BULK_LEN: usize = 16 * 1024;
 
 /// Caps on what one inbound command may make the server buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +95,14 @@ pub enum ProtocolError {
     /// [`Limits::max_bulk_len`].
     #[error("invalid bulk length")]
     InvalidBulkLength,
+    /// An unauthenticated client sent more than [`UNAUTHENTICATED_MAX_ARGS`]
+    /// arguments.
+    #[error("unauthenticated multibulk length")]
+    UnauthenticatedMultibulkLength,
+    /// An unauthenticated client sent an argument longer than
+    /// [`UNAUTHENTICATED_MAX_BULK_LEN`].
+    #[error("unauthenticated bulk length")]
+    UnauthenticatedBulkLength,
     /// An array header without CRLF within [`MAX_HEADER_LEN`] bytes.
     #[error("too big mbulk count string")]
     MultibulkHeaderTooLong,
@@ -153,26 +174,43 @@ enum Scanned {
     Command(usize),
 }
 
-/// The RESP2 codec for a server connection: decodes commands (each an argument
-/// list, command name first) under [`Limits`] and encodes reply frames.
+/// The codec of a server connection: decodes commands (each an argument list,
+/// command name first) under [`Limits`] and encodes reply frames in the
+/// connection's protocol.
 #[derive(Debug)]
 pub struct CommandCodec {
     limits: Limits,
-    resp2: Resp2,
+    /// Whether the client may send commands up to `limits`; if not, Redis's
+    /// unauthenticated limits apply.
+    authenticated: bool,
+    protocol: Protocol,
     /// Bytes of the command at the start of the buffer already checked.
     pos: usize,
     step: Step,
 }
 
 impl CommandCodec {
-    /// A codec enforcing `limits`.
+    /// A codec enforcing `limits` for an authenticated client, writing RESP2.
     pub fn new(limits: Limits) -> CommandCodec {
         CommandCodec {
             limits,
-            resp2: Resp2::default(),
+            authenticated: true,
+            protocol: Protocol::Resp2,
             pos: 0,
             step: Step::ArrayHeader,
         }
+    }
+
+    /// Sets whether the client has authenticated. The connection sets it between
+    /// commands, before the next one is decoded, so one command is framed under one
+    /// set of limits.
+    pub fn set_authenticated(&mut self, authenticated: bool) {
+        self.authenticated = authenticated;
+    }
+
+    /// Sets the protocol the following replies are written in.
+    pub fn set_protocol(&mut self, protocol: Protocol) {
+        self.protocol = protocol;
     }
 
     /// Reads one length header at `self.pos`: checks its type byte and returns its
@@ -230,6 +268,9 @@ impl CommandCodec {
                         .ok()
                         .filter(|&c| c <= self.limits.max_args)
                         .ok_or(ProtocolError::InvalidMultibulkLength)?;
+                    if !self.authenticated && count > UNAUTHENTICATED_MAX_ARGS {
+                        return Err(ProtocolError::UnauthenticatedMultibulkLength);
+                    }
                     self.pos = used;
                     self.step = Step::BulkHeader { left: count };
                 }
@@ -247,6 +288,9 @@ impl CommandCodec {
                         .ok()
                         .filter(|&l| l <= self.limits.max_bulk_len)
                         .ok_or(ProtocolError::InvalidBulkLength)?;
+                    if !self.authenticated && len > UNAUTHENTICATED_MAX_BULK_LEN {
+                        return Err(ProtocolError::UnauthenticatedBulkLength);
+                    }
                     self.pos += used;
                     let declared = self.pos.saturating_add(len).saturating_add(2);
                     if declared > self.limits.max_command_len {
@@ -337,11 +381,21 @@ impl Decoder for CommandCodec {
     }
 }
 
-impl Encoder<BytesFrame> for CommandCodec {
+impl Encoder<Frame> for CommandCodec {
     type Error = ProtocolError;
 
-    fn encode(&mut self, frame: BytesFrame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        self.resp2.encode(frame, dst).map_err(ProtocolError::Encode)
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        let written = match self.protocol {
+            Protocol::Resp2 => {
+                redis_protocol::resp2::encode::extend_encode(dst, &frame.into_resp2(), false)
+            }
+            Protocol::Resp3 => redis_protocol::resp3::encode::complete::extend_encode(
+                dst,
+                &frame.into_resp3(),
+                false,
+            ),
+        };
+        written.map(|_| ()).map_err(ProtocolError::Encode)
     }
 }
 
@@ -359,7 +413,10 @@ mod tests {
 
     /// Feeds `input` one byte at a time and collects the commands, or the error.
     fn feed(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, String> {
-        let mut codec = CommandCodec::new(limits());
+        feed_to(CommandCodec::new(limits()), input)
+    }
+
+    fn feed_to(mut codec: CommandCodec, input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, String> {
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
         for &b in input {
@@ -436,5 +493,38 @@ mod tests {
     fn deep_nesting_is_refused_without_recursing() {
         let input = b"*1\r\n".repeat(100_000);
         assert_eq!(feed(&input), Err("expected '$', got '*'".to_string()));
+    }
+
+    #[test]
+    fn unauthenticated_clients_get_redis_small_limits() {
+        let unauthenticated = || {
+            let mut codec = CommandCodec::new(Limits::default());
+            codec.set_authenticated(false);
+            codec
+        };
+        let ten = b"*10\r\n".iter().copied();
+        let ten_args: Vec<u8> = ten.chain(b"$1\r\nx\r\n".repeat(10)).collect();
+        assert_eq!(
+            feed_to(unauthenticated(), &ten_args).map(|c| c.len()),
+            Ok(1)
+        );
+        assert_eq!(
+            feed_to(unauthenticated(), b"*11\r\n"),
+            Err("unauthenticated multibulk length".to_string())
+        );
+        let at_limit = format!("*1\r\n${UNAUTHENTICATED_MAX_BULK_LEN}\r\n");
+        let mut input = at_limit.into_bytes();
+        input.extend(std::iter::repeat_n(b'x', UNAUTHENTICATED_MAX_BULK_LEN));
+        input.extend_from_slice(b"\r\n");
+        assert_eq!(feed_to(unauthenticated(), &input).map(|c| c.len()), Ok(1));
+        let over = format!("*1\r\n${}\r\n", UNAUTHENTICATED_MAX_BULK_LEN + 1);
+        assert_eq!(
+            feed_to(unauthenticated(), over.as_bytes()),
+            Err("unauthenticated bulk length".to_string())
+        );
+        // Once authenticated, the configured limits apply again.
+        let mut codec = unauthenticated();
+        codec.set_authenticated(true);
+        assert_eq!(feed_to(codec, over.as_bytes()), Ok(vec![]));
     }
 }

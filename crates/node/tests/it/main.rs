@@ -1,8 +1,10 @@
 //! Integration tests of sealkv-node: the `sealkv` binary run as real processes
-//! (startup, refusals, clusters on loopback driven with redis-rs), and the RESP data
-//! API served over real TCP.
+//! (startup, refusals, clusters on loopback driven with redis-rs, redis-py and
+//! redis-rs against nodes with and without a password), and the RESP data API
+//! served over real TCP.
 
 mod cli;
+mod clients;
 mod cluster;
 mod encryption;
 mod limits;
