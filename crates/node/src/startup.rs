@@ -253,12 +253,19 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         );
     }
     let metrics = Arc::new(Metrics::new().context("register metrics")?);
+    let max_entry_bytes = config.sizes.max_entry_bytes + sealkv_kv::WRAP_OVERHEAD;
+    let election_timeout = config
+        .raft
+        .tick
+        .saturating_mul(u32::try_from(config.raft.election_ticks).unwrap_or(u32::MAX));
     let transport = transport::Transport::new(
         config.id,
         transport::Announce {
             redis: config.redis_addr.clone(),
             admin: config.admin_addr.clone(),
         },
+        transport::TransportConfig::new(max_entry_bytes, election_timeout),
+        Arc::clone(&metrics),
         tokio::runtime::Handle::current(),
     );
     let fsm_reader = fsm.reader();
@@ -279,7 +286,7 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
             id: config.id,
             data_dir: config.data_dir.clone(),
             tuning: config.raft.clone(),
-            max_entry_bytes: config.sizes.max_entry_bytes + sealkv_kv::WRAP_OVERHEAD,
+            max_entry_bytes,
             apply_gate: apply_gate.clone(),
         },
         log,
@@ -312,11 +319,11 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
     };
     let mut tasks = Vec::new();
     {
-        let raft = raft.clone();
+        let inbox: Arc<dyn transport::Inbox> = Arc::new(raft.clone());
         let transport = Arc::clone(&transport);
         let stop = until_stop(stopped.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = transport::serve(raft_listener, transport, raft, stop).await {
+            if let Err(e) = transport::serve(raft_listener, transport, inbox, stop).await {
                 tracing::error!("raft listener failed: {e}");
             }
         }));
