@@ -241,6 +241,13 @@ struct StartArgs {
     /// the data dir (`sealkv kek generate PATH` writes one).
     #[arg(long, env = "SEALKV_KEK_FILE")]
     kek_file: Option<PathBuf>,
+    /// Allow --raft-addr, --redis-addr and --admin-addr to be non-loopback addresses.
+    /// This build has no TLS: any process that reaches those ports can read and write
+    /// data, change membership, and speak for a peer on the Raft port (peer messages
+    /// are still checked, so a crafted one is dropped, not a crash). Without this
+    /// flag a non-loopback address is refused.
+    #[arg(long, env = "SEALKV_INSECURE")]
+    insecure: bool,
 }
 
 /// Reads the KEK from `SEALKV_KEK_BASE64`, overwrites its value in the environment
@@ -424,6 +431,7 @@ fn start(
             max_entry_bytes: args.max_entry_bytes,
         },
         encryption,
+        insecure: args.insecure,
     };
     config.sizes.validate().map_err(anyhow::Error::msg)?;
     if config.id == 0 {

@@ -48,6 +48,8 @@ pub struct Config {
     pub sizes: sealkv_kv::SizeLimits,
     /// Encryption: whether it is enabled, and the KEK.
     pub encryption: EncryptionConfig,
+    /// `--insecure`: bind non-loopback addresses without TLS ([`check_exposure`]).
+    pub insecure: bool,
 }
 
 /// The first steps, up to the state machine: what exists before Raft starts.
@@ -88,6 +90,7 @@ impl Opened {
     pub fn open(config: &Config) -> anyhow::Result<Opened> {
         let db_dir = config.data_dir.join("db");
         tracing::info!(node = config.id, data_dir = %config.data_dir.display(), "starting");
+        check_exposure(config)?;
 
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
@@ -412,6 +415,41 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
     })
 }
 
+/// Refuses a `--raft-addr`, `--redis-addr` or `--admin-addr` that is not a loopback
+/// address unless `--insecure` is given, naming the first such flag in one line: this
+/// build has no TLS, so nothing that reaches those ports is authenticated (DESIGN.md
+/// §11, "Trust"). With `--insecure` it warns once, naming every exposed address.
+///
+/// # Errors
+/// A non-loopback address without `--insecure`.
+pub fn check_exposure(config: &Config) -> anyhow::Result<()> {
+    let exposed: Vec<(&str, &str)> = [
+        ("--raft-addr", config.raft_addr.as_str()),
+        ("--redis-addr", config.redis_addr.as_str()),
+        ("--admin-addr", config.admin_addr.as_str()),
+    ]
+    .into_iter()
+    .filter(|(_, addr)| !is_loopback(addr))
+    .collect();
+    let Some((flag, addr)) = exposed.first() else {
+        return Ok(());
+    };
+    if !config.insecure {
+        bail!(
+            "{flag} {addr} is not a loopback address, and without TLS any process that reaches \
+             it can read and write data or disrupt the cluster: bind to 127.0.0.1, or pass \
+             --insecure to accept that"
+        );
+    }
+    let exposed: Vec<String> = exposed.iter().map(|(f, a)| format!("{f} {a}")).collect();
+    tracing::warn!(
+        exposed = %exposed.join(", "),
+        "--insecure: serving on non-loopback addresses without TLS; any process that reaches \
+         them can read and write data, change membership, and claim a peer's id on the raft port"
+    );
+    Ok(())
+}
+
 /// Whether `addr` (`host:port`) names a loopback host.
 fn is_loopback(addr: &str) -> bool {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
@@ -463,7 +501,54 @@ impl Running {
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback;
+    use super::*;
+
+    fn config(raft: &str, redis: &str, admin: &str, insecure: bool) -> Config {
+        Config {
+            data_dir: PathBuf::from("unused"),
+            id: 1,
+            raft_addr: raft.to_string(),
+            redis_addr: redis.to_string(),
+            admin_addr: admin.to_string(),
+            peers: PeerBook::default(),
+            join: false,
+            raft: RaftTuning {
+                tick: Duration::from_millis(100),
+                election_ticks: 10,
+                heartbeat_ticks: 2,
+                compact_threshold: 10,
+                compact_keep: 1,
+                request_timeout: Duration::from_secs(1),
+            },
+            sizes: sealkv_kv::SizeLimits::default(),
+            encryption: EncryptionConfig {
+                enabled: false,
+                kek: None,
+            },
+            insecure,
+        }
+    }
+
+    /// Loopback everywhere starts; any other address needs --insecure, and the
+    /// refusal is one line naming the first exposed flag and --insecure.
+    #[test]
+    fn exposure_needs_insecure() {
+        let lo = "127.0.0.1:1";
+        assert!(check_exposure(&config(lo, "localhost:2", "[::1]:3", false)).is_ok());
+        for (raft, redis, admin, flag) in [
+            ("0.0.0.0:1", lo, lo, "--raft-addr 0.0.0.0:1"),
+            (lo, "10.1.2.3:2", lo, "--redis-addr 10.1.2.3:2"),
+            (lo, lo, "[::]:3", "--admin-addr [::]:3"),
+            ("node1:1", "node1:2", lo, "--raft-addr node1:1"),
+        ] {
+            let err = check_exposure(&config(raft, redis, admin, false))
+                .expect_err("refused")
+                .to_string();
+            assert!(err.starts_with(flag), "{err}");
+            assert!(err.contains("--insecure") && !err.contains('\n'), "{err}");
+            assert!(check_exposure(&config(raft, redis, admin, true)).is_ok());
+        }
+    }
 
     #[test]
     fn loopback_addresses() {

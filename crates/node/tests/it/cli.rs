@@ -130,6 +130,7 @@ fn help_is_honest() {
         "--encryption-enabled",
         "--kek-file",
         "SEALKV_KEK_BASE64",
+        "--insecure",
     ] {
         assert!(stdout.contains(flag), "{flag} missing: {stdout}");
     }
