@@ -9,3 +9,4 @@ mod limits;
 mod lost_state;
 mod resp;
 mod support;
+mod trust;
