@@ -248,6 +248,13 @@ struct StartArgs {
     /// once at startup and never logged. Without it, no password is asked.
     #[arg(long, env = "SEALKV_REDIS_PASSWORD_FILE")]
     redis_password_file: Option<PathBuf>,
+    /// Allow --raft-addr, --redis-addr and --admin-addr to be non-loopback addresses.
+    /// This build has no TLS: any process that reaches those ports can read and write
+    /// data, change membership, and speak for a peer on the Raft port (peer messages
+    /// are still checked, so a crafted one is dropped, not a crash). Without this
+    /// flag a non-loopback address is refused.
+    #[arg(long, env = "SEALKV_INSECURE")]
+    insecure: bool,
 }
 
 /// Reads the KEK from `SEALKV_KEK_BASE64`, overwrites its value in the environment
@@ -437,6 +444,7 @@ fn start(
             .map(|path| Password::from_file(path).map(Arc::new))
             .transpose()
             .context("load --redis-password-file")?,
+        insecure: args.insecure,
     };
     config.sizes.validate().map_err(anyhow::Error::msg)?;
     if config.id == 0 {

@@ -51,6 +51,8 @@ pub struct Config {
     /// The Redis `default` user's password (`--redis-password-file`); `None`: no
     /// authentication.
     pub redis_password: Option<Arc<crate::resp::Password>>,
+    /// `--insecure`: bind non-loopback addresses without TLS ([`check_exposure`]).
+    pub insecure: bool,
 }
 
 /// The first steps, up to the state machine: what exists before Raft starts.
@@ -91,6 +93,7 @@ impl Opened {
     pub fn open(config: &Config) -> anyhow::Result<Opened> {
         let db_dir = config.data_dir.join("db");
         tracing::info!(node = config.id, data_dir = %config.data_dir.display(), "starting");
+        check_exposure(config)?;
 
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
@@ -256,12 +259,19 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         );
     }
     let metrics = Arc::new(Metrics::new().context("register metrics")?);
+    let max_entry_bytes = config.sizes.max_entry_bytes + sealkv_kv::WRAP_OVERHEAD;
+    let election_timeout = config
+        .raft
+        .tick
+        .saturating_mul(u32::try_from(config.raft.election_ticks).unwrap_or(u32::MAX));
     let transport = transport::Transport::new(
         config.id,
         transport::Announce {
             redis: config.redis_addr.clone(),
             admin: config.admin_addr.clone(),
         },
+        transport::TransportConfig::new(max_entry_bytes, election_timeout),
+        Arc::clone(&metrics),
         tokio::runtime::Handle::current(),
     );
     let fsm_reader = fsm.reader();
@@ -282,7 +292,7 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
             id: config.id,
             data_dir: config.data_dir.clone(),
             tuning: config.raft.clone(),
-            max_entry_bytes: config.sizes.max_entry_bytes + sealkv_kv::WRAP_OVERHEAD,
+            max_entry_bytes,
             apply_gate: apply_gate.clone(),
         },
         log,
@@ -315,11 +325,11 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
     };
     let mut tasks = Vec::new();
     {
-        let raft = raft.clone();
+        let inbox: Arc<dyn transport::Inbox> = Arc::new(raft.clone());
         let transport = Arc::clone(&transport);
         let stop = until_stop(stopped.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = transport::serve(raft_listener, transport, raft, stop).await {
+            if let Err(e) = transport::serve(raft_listener, transport, inbox, stop).await {
                 tracing::error!("raft listener failed: {e}");
             }
         }));
@@ -410,6 +420,41 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
     })
 }
 
+/// Refuses a `--raft-addr`, `--redis-addr` or `--admin-addr` that is not a loopback
+/// address unless `--insecure` is given, naming the first such flag in one line: this
+/// build has no TLS, so nothing that reaches those ports is authenticated (DESIGN.md
+/// §11, "Trust"). With `--insecure` it warns once, naming every exposed address.
+///
+/// # Errors
+/// A non-loopback address without `--insecure`.
+pub fn check_exposure(config: &Config) -> anyhow::Result<()> {
+    let exposed: Vec<(&str, &str)> = [
+        ("--raft-addr", config.raft_addr.as_str()),
+        ("--redis-addr", config.redis_addr.as_str()),
+        ("--admin-addr", config.admin_addr.as_str()),
+    ]
+    .into_iter()
+    .filter(|(_, addr)| !is_loopback(addr))
+    .collect();
+    let Some((flag, addr)) = exposed.first() else {
+        return Ok(());
+    };
+    if !config.insecure {
+        bail!(
+            "{flag} {addr} is not a loopback address, and without TLS any process that reaches \
+             it can read and write data or disrupt the cluster: bind to 127.0.0.1, or pass \
+             --insecure to accept that"
+        );
+    }
+    let exposed: Vec<String> = exposed.iter().map(|(f, a)| format!("{f} {a}")).collect();
+    tracing::warn!(
+        exposed = %exposed.join(", "),
+        "--insecure: serving on non-loopback addresses without TLS; any process that reaches \
+         them can read and write data, change membership, and claim a peer's id on the raft port"
+    );
+    Ok(())
+}
+
 /// Whether `addr` (`host:port`) names a loopback host.
 fn is_loopback(addr: &str) -> bool {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
@@ -461,7 +506,54 @@ impl Running {
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback;
+    use super::*;
+
+    fn config(raft: &str, redis: &str, admin: &str, insecure: bool) -> Config {
+        Config {
+            data_dir: PathBuf::from("unused"),
+            id: 1,
+            raft_addr: raft.to_string(),
+            redis_addr: redis.to_string(),
+            admin_addr: admin.to_string(),
+            peers: PeerBook::default(),
+            join: false,
+            raft: RaftTuning {
+                tick: Duration::from_millis(100),
+                election_ticks: 10,
+                heartbeat_ticks: 2,
+                compact_threshold: 10,
+                compact_keep: 1,
+                request_timeout: Duration::from_secs(1),
+            },
+            sizes: sealkv_kv::SizeLimits::default(),
+            encryption: EncryptionConfig {
+                enabled: false,
+                kek: None,
+            },
+            insecure,
+        }
+    }
+
+    /// Loopback everywhere starts; any other address needs --insecure, and the
+    /// refusal is one line naming the first exposed flag and --insecure.
+    #[test]
+    fn exposure_needs_insecure() {
+        let lo = "127.0.0.1:1";
+        assert!(check_exposure(&config(lo, "localhost:2", "[::1]:3", false)).is_ok());
+        for (raft, redis, admin, flag) in [
+            ("0.0.0.0:1", lo, lo, "--raft-addr 0.0.0.0:1"),
+            (lo, "10.1.2.3:2", lo, "--redis-addr 10.1.2.3:2"),
+            (lo, lo, "[::]:3", "--admin-addr [::]:3"),
+            ("node1:1", "node1:2", lo, "--raft-addr node1:1"),
+        ] {
+            let err = check_exposure(&config(raft, redis, admin, false))
+                .expect_err("refused")
+                .to_string();
+            assert!(err.starts_with(flag), "{err}");
+            assert!(err.contains("--insecure") && !err.contains('\n'), "{err}");
+            assert!(check_exposure(&config(raft, redis, admin, true)).is_ok());
+        }
+    }
 
     #[test]
     fn loopback_addresses() {

@@ -94,6 +94,7 @@ mod registry;
 mod rocks;
 
 pub use batch::{BatchOp, WriteBatch};
+pub use dump::snapshot_applied_index;
 #[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryStore;
 pub use raftlog::{RaftLog, RaftLogError};

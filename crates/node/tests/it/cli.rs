@@ -182,6 +182,7 @@ fn help_is_honest() {
         "SEALKV_KEK_BASE64",
         "--redis-password-file",
         "SEALKV_REDIS_PASSWORD_FILE",
+        "--insecure",
     ] {
         assert!(stdout.contains(flag), "{flag} missing: {stdout}");
     }

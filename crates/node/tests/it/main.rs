@@ -11,3 +11,4 @@ mod limits;
 mod lost_state;
 mod resp;
 mod support;
+mod trust;

@@ -247,6 +247,15 @@ impl Node {
             .map(|(_, b)| b)
             .unwrap_or_default()
     }
+
+    /// The value of one metric series, `name{labels}` as the exposition writes it;
+    /// 0 when it is absent (a counter nothing incremented yet).
+    pub fn metric(&self, series: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
 }
 
 impl Drop for Node {

@@ -9,6 +9,8 @@ use raft::StateRole;
 use raft::prelude::{ConfChangeV2, ConfState, Message};
 use sealkv_kv::Outcome;
 use serde::Serialize;
+
+use crate::consensus::transport::Origin;
 use tokio::sync::{oneshot, watch};
 
 /// Why this node's state machine halted, as it travels through the driver, its
@@ -185,7 +187,10 @@ pub(super) enum Request {
     Compact {
         reply: oneshot::Sender<Result<u64, ProposeError>>,
     },
-    Step(Box<Message>),
+    Step {
+        origin: Origin,
+        message: Box<Message>,
+    },
     Unreachable(u64),
     SnapshotDone {
         to: u64,
@@ -314,10 +319,13 @@ impl RaftHandle {
         self.ask(|reply| Request::Compact { reply }).await
     }
 
-    /// Hands a message from a peer to Raft; dropped when the queue is full (Raft
-    /// retransmits).
-    pub fn step(&self, message: Message) {
-        let _ = self.send(Request::Step(Box::new(message)));
+    /// Hands a message a peer sent from `origin` to Raft, which checks it first;
+    /// dropped when the queue is full (Raft retransmits).
+    pub fn step(&self, origin: Origin, message: Message) {
+        let _ = self.send(Request::Step {
+            origin,
+            message: Box::new(message),
+        });
     }
 
     /// Tells Raft a peer could not be reached.
