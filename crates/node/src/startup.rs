@@ -530,6 +530,7 @@ mod tests {
                 enabled: false,
                 kek: None,
             },
+            redis_password: None,
             insecure,
         }
     }
