@@ -359,6 +359,20 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    /// A failing test keeps the nodes' data dirs and logs (`nodeN.log`) for a
+    /// post-mortem, and says where they are.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "cluster kept in {} (node logs: nodeN.log)",
+                self.dir.path().display()
+            );
+        }
+    }
+}
+
 /// `sealkv cluster add-learner` of `node` through the admin endpoint `admin`:
 /// whether it succeeded, its stdout and its stderr.
 pub fn add_learner(admin: &str, node: &Node) -> (bool, String, String) {
