@@ -61,11 +61,30 @@ pub struct Tally {
     pub acked_writes: AtomicU64,
     /// Replies `HALTED`: a fault run must never see one.
     pub halted: AtomicU64,
+    /// The latest failures and unknown outcomes, newest last, for a test that
+    /// stalls to show what its clients were told.
+    recent: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
 
 impl Tally {
-    fn count(&self, input: &Input, outcome: &Outcome) {
+    /// Keeps the last this many failures and unknown outcomes.
+    const RECENT: usize = 12;
+
+    fn count(&self, target: &str, input: &Input, outcome: &Outcome) {
         self.ops.fetch_add(1, Ordering::Relaxed);
+        if let Outcome::Fail(why) | Outcome::Unknown(why) = outcome
+            && let Ok(mut recent) = self.recent.lock()
+        {
+            if recent.len() == Self::RECENT {
+                recent.pop_front();
+            }
+            let kind = if matches!(outcome, Outcome::Fail(_)) {
+                "fail"
+            } else {
+                "unknown"
+            };
+            recent.push_back(format!("{target} {input:?}: {kind}: {why}"));
+        }
         match outcome {
             Outcome::Ok(_) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
@@ -83,6 +102,14 @@ impl Tally {
                 self.unknown.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// The latest failures and unknown outcomes, one per line.
+    pub fn recent(&self) -> String {
+        self.recent
+            .lock()
+            .map(|r| r.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
     }
 
     /// A value of one counter.
@@ -171,6 +198,7 @@ impl Client {
             self.next_target();
             return Outcome::Fail("no connection".to_string());
         };
+        let target = self.endpoints[self.target].clone();
         let op = self.recorder.invoke(self.id, key, input.clone());
         let outcome = classify(
             &input,
@@ -192,7 +220,7 @@ impl Client {
                 self.next_target();
             }
         }
-        self.tally.count(&input, &outcome);
+        self.tally.count(&target, &input, &outcome);
         outcome
     }
 
@@ -216,7 +244,9 @@ impl Client {
         self.conn = None;
     }
 
-    /// After a refusal: go where `NOTLEADER` points, or to the next node.
+    /// After a refusal: go where `NOTLEADER` points, or else to the next node, as a
+    /// cluster-aware client does. A client that kept retrying a node cut off from the
+    /// rest would be told `TRYAGAIN` for as long as the partition lasts.
     fn follow(&mut self, why: &str) {
         if let Some(addr) = why
             .split_once("the leader is at ")
@@ -227,7 +257,9 @@ impl Client {
                 self.target = addr;
                 self.conn = None;
             }
-        } else if why.starts_with("NOTLEADER") || why.starts_with("HALTED") {
+        } else {
+            // NOTLEADER without an address, TRYAGAIN (no leader here: this node may
+            // be cut off and will say so until it heals), HALTED: try another node.
             self.next_target();
         }
     }

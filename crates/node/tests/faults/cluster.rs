@@ -225,9 +225,10 @@ impl FaultCluster {
         while Tally::get(&tally.acked_writes) < from + n {
             if std::time::Instant::now() >= deadline {
                 panic!(
-                    "timed out waiting for {n} acknowledged writes {what} ({} so far)\n{}",
+                    "timed out waiting for {n} acknowledged writes {what} ({} so far)\n{}\nlatest client failures:\n{}",
                     Tally::get(&tally.acked_writes) - from,
-                    self.describe()
+                    self.describe(),
+                    tally.recent()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
