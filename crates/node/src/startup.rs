@@ -53,6 +53,9 @@ pub struct Config {
     pub redis_password: Option<Arc<crate::resp::Password>>,
     /// `--insecure`: bind non-loopback addresses without TLS ([`check_exposure`]).
     pub insecure: bool,
+    /// `--certs-dir`: mutual TLS between peers, TLS on the Redis port and HTTPS
+    /// with client certificates on the admin port; `None`: plain TCP everywhere.
+    pub tls: Option<crate::tls::NodeTls>,
 }
 
 /// The first steps, up to the state machine: what exists before Raft starts.
@@ -264,13 +267,18 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         .raft
         .tick
         .saturating_mul(u32::try_from(config.raft.election_ticks).unwrap_or(u32::MAX));
+    let mut transport_config = transport::TransportConfig::new(max_entry_bytes, election_timeout);
+    transport_config.tls = config.tls.as_ref().map(|tls| transport::PeerTls {
+        acceptor: tls.raft_acceptor.clone(),
+        connector: tls.raft_connector.clone(),
+    });
     let transport = transport::Transport::new(
         config.id,
         transport::Announce {
             redis: config.redis_addr.clone(),
             admin: config.admin_addr.clone(),
         },
-        transport::TransportConfig::new(max_entry_bytes, election_timeout),
+        transport_config,
         Arc::clone(&metrics),
         tokio::runtime::Handle::current(),
     );
@@ -349,6 +357,7 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
             sizes: config.sizes,
             password: config.redis_password.clone(),
             auth_failures: Some(metrics.auth_failures.clone()),
+            tls: config.tls.as_ref().map(|tls| Arc::clone(&tls.redis_server)),
             ..crate::resp::Config::default()
         };
         tasks.push(tokio::spawn(async move {
@@ -396,9 +405,26 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
             encryption: control,
         });
         let stop = until_stop(stopped.clone());
+        let admin_tls = config.tls.as_ref().map(|tls| tls.admin_acceptor.clone());
         tasks.push(tokio::spawn(async move {
-            let served = axum::serve(admin_listener, app).with_graceful_shutdown(stop);
-            if let Err(e) = served.await {
+            let served = match admin_tls {
+                None => {
+                    axum::serve(admin_listener, app)
+                        .with_graceful_shutdown(stop)
+                        .await
+                }
+                Some(acceptor) => {
+                    match crate::tls::TlsListener::new(admin_listener, acceptor, "admin") {
+                        Ok(listener) => {
+                            axum::serve(listener, app)
+                                .with_graceful_shutdown(stop)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::error!("admin listener failed: {e}");
             }
         }));
@@ -421,12 +447,14 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
 }
 
 /// Refuses a `--raft-addr`, `--redis-addr` or `--admin-addr` that is not a loopback
-/// address unless `--insecure` is given, naming the first such flag in one line: this
-/// build has no TLS, so nothing that reaches those ports is authenticated (DESIGN.md
-/// §11, "Trust"). With `--insecure` it warns once, naming every exposed address.
+/// address unless the node has TLS (`--certs-dir`) or `--insecure` is given, naming
+/// the first such flag in one line: without TLS nothing that reaches those ports is
+/// authenticated (DESIGN.md §11, "Trust"). With `--insecure` it warns once, naming
+/// every exposed address; with TLS it warns when the Redis port is exposed without a
+/// password (a Redis client needs no certificate).
 ///
 /// # Errors
-/// A non-loopback address without `--insecure`.
+/// A non-loopback address without TLS or `--insecure`.
 pub fn check_exposure(config: &Config) -> anyhow::Result<()> {
     let exposed: Vec<(&str, &str)> = [
         ("--raft-addr", config.raft_addr.as_str()),
@@ -439,11 +467,22 @@ pub fn check_exposure(config: &Config) -> anyhow::Result<()> {
     let Some((flag, addr)) = exposed.first() else {
         return Ok(());
     };
+    if config.tls.is_some() {
+        if config.redis_password.is_none() && !is_loopback(&config.redis_addr) {
+            tracing::warn!(
+                redis = %config.redis_addr,
+                "the redis port is exposed and asks no password: a redis client needs no \
+                 certificate, so any process that reaches it can read and write data; give \
+                 --redis-password-file"
+            );
+        }
+        return Ok(());
+    }
     if !config.insecure {
         bail!(
             "{flag} {addr} is not a loopback address, and without TLS any process that reaches \
-             it can read and write data or disrupt the cluster: bind to 127.0.0.1, or pass \
-             --insecure to accept that"
+             it can read and write data or disrupt the cluster: bind to 127.0.0.1, give \
+             --certs-dir to turn TLS on, or pass --insecure to accept that"
         );
     }
     let exposed: Vec<String> = exposed.iter().map(|(f, a)| format!("{f} {a}")).collect();
@@ -532,6 +571,7 @@ mod tests {
             },
             redis_password: None,
             insecure,
+            tls: None,
         }
     }
 
@@ -554,6 +594,18 @@ mod tests {
             assert!(err.contains("--insecure") && !err.contains('\n'), "{err}");
             assert!(check_exposure(&config(raft, redis, admin, true)).is_ok());
         }
+    }
+
+    /// With TLS (`--certs-dir`) a non-loopback address starts without --insecure.
+    #[test]
+    fn exposure_with_tls_needs_no_insecure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::tls::init_ca(dir.path()).expect("ca");
+        crate::tls::make_node(dir.path(), 1, &[]).expect("node 1");
+        let mut tls = config("0.0.0.0:1", "10.1.2.3:2", "[::]:3", false);
+        assert!(check_exposure(&tls).is_err());
+        tls.tls = Some(crate::tls::NodeTls::load(dir.path(), 1).expect("load"));
+        assert!(check_exposure(&tls).is_ok());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The peer-to-peer Raft transport: TCP, one connection per peer and lane, frames of
-//! length-prefixed protobuf raft-rs messages.
+//! The peer-to-peer Raft transport: TCP, or mutual TLS with `--certs-dir`, one
+//! connection per peer and lane, frames of length-prefixed protobuf raft-rs
+//! messages.
 //!
 //! ```text
 //! connection start (dialer → listener), once, version 4:
@@ -23,6 +24,10 @@
 //!
 //! ## Dialing
 //!
+//! With TLS a dialer presents its node certificate and verifies that the
+//! listener's chains to the cluster's CA and names the node it dials
+//! (`node-N.sealkv.invalid` as the server name).
+//!
 //! Each peer has two lanes, each its own connection and bounded queue: snapshots go
 //! on their own lane so a large transfer never holds up heartbeats and appends. A
 //! full queue drops the message (Raft retransmits) and reports the peer unreachable,
@@ -41,15 +46,19 @@
 //! 1. At most [`TransportConfig::max_pending`] connections in all, and
 //!    [`TransportConfig::max_pending_per_ip`] from one remote address, may be
 //!    waiting for their hello; more are closed at once (`too_many_pending`).
-//! 2. The whole hello must arrive within [`TransportConfig::hello_timeout`]
+//! 2. With mutual TLS ([`TransportConfig::tls`]), the handshake must finish within
+//!    the hello timeout (`tls_handshake`; a client that does not speak TLS fails
+//!    here), and the peer must present a certificate from the cluster's CA that
+//!    names a node (`bad_certificate`): that id is the connection's verified
+//!    identity (`crate::tls` has the binding). Then the whole hello must arrive
+//!    within [`TransportConfig::hello_timeout`]
 //!    (`hello_timeout`) and be well formed: magic, version 4, a known lane
 //!    (`bad_hello`).
 //! 3. `Transport::identify` binds the connection to a peer id, the one place that
-//!    decides it. Without TLS it is the id the hello claims, which must not be this
-//!    node's (`own_id`) and must be in the address book: `--peers`, the peers file
-//!    and applied membership changes (`unknown_peer`). The seam for mutual TLS is
-//!    there: `receive` is generic over the stream, and `identify` takes the id a
-//!    verified certificate names and refuses a hello that claims another.
+//!    decides it: the id the hello claims, which must be the id the certificate
+//!    names with TLS (`id_mismatch`), must not be this node's (`own_id`) and must
+//!    be in the address book: `--peers`, the peers file and applied membership
+//!    changes (`unknown_peer`). Without TLS the claim stands alone.
 //! 4. One connection per (peer, lane): while one lives, a second that claims the
 //!    same peer and lane is closed (`lane_in_use`), so a stranger cannot speak for a
 //!    peer that is connected. A slot frees as soon as its connection closes (a peer
@@ -78,8 +87,7 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -202,6 +210,25 @@ pub struct TransportConfig {
     pub max_pending: usize,
     /// Connections waiting for their hello, from one remote address.
     pub max_pending_per_ip: usize,
+    /// Mutual TLS (`--certs-dir`); `None`: plain TCP.
+    pub tls: Option<PeerTls>,
+}
+
+/// Mutual TLS between peers: how this node accepts a peer (its certificate
+/// required, from the cluster's CA) and dials one (presenting its own, verifying
+/// that the listener's names the node dialed). See `crate::tls` for the identity.
+#[derive(Clone)]
+pub struct PeerTls {
+    /// Accepts inbound connections.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Dials peers.
+    pub connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls").finish_non_exhaustive()
+    }
 }
 
 impl TransportConfig {
@@ -217,6 +244,7 @@ impl TransportConfig {
             hello_timeout: Duration::from_secs(5),
             max_pending: 64,
             max_pending_per_ip: 8,
+            tls: None,
         }
     }
 
@@ -344,6 +372,12 @@ pub enum CloseReason {
     OwnId,
     /// The hello claimed an id that is not in the address book.
     UnknownPeer,
+    /// The TLS handshake failed: not TLS (a plain-TCP client), or it did not
+    /// finish within the hello timeout.
+    TlsHandshake,
+    /// The peer's certificate was refused: none, not from the cluster's CA, or one
+    /// that names no node (a client certificate).
+    BadCertificate,
     /// The hello claimed another id than the peer's verified identity (mutual TLS).
     IdMismatch,
     /// Another connection of the same peer and lane is open.
@@ -365,6 +399,8 @@ impl CloseReason {
             CloseReason::BadHello => "bad_hello",
             CloseReason::OwnId => "own_id",
             CloseReason::UnknownPeer => "unknown_peer",
+            CloseReason::TlsHandshake => "tls_handshake",
+            CloseReason::BadCertificate => "bad_certificate",
             CloseReason::IdMismatch => "id_mismatch",
             CloseReason::LaneInUse => "lane_in_use",
             CloseReason::IdleTimeout => "idle_timeout",
@@ -570,9 +606,9 @@ impl Transport {
     }
 
     /// Decides which peer an inbound connection speaks for: the one place a claimed
-    /// id is checked. `claimed` is the id its hello names; `verified` the id a
-    /// verified certificate names (mutual TLS, not built yet: always `None`), which
-    /// the claim must match. The peer must not be this node and must be in the
+    /// id is checked. `claimed` is the id its hello names; `verified` the id its
+    /// verified certificate names (mutual TLS; `None` without TLS), which the claim
+    /// must match. The peer must not be this node and must be in the
     /// address book (`--peers`, the peers file, applied membership changes).
     fn identify(&self, claimed: u64, verified: Option<u64>) -> Result<u64, Ended> {
         if let Some(verified) = verified
@@ -706,21 +742,47 @@ impl Outbox for Arc<Transport> {
     }
 }
 
-/// An open outbound connection.
+/// An open outbound connection, over TCP or TLS.
 struct Conn {
-    writer: BufWriter<OwnedWriteHalf>,
+    writer: BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
     /// Never read for data: the listener never writes, so a read that completes is
-    /// the listener closing the connection.
-    reader: OwnedReadHalf,
+    /// the listener closing the connection (TLS's own records, such as session
+    /// tickets, yield no data).
+    reader: Box<dyn AsyncRead + Send + Unpin>,
     since: Instant,
 }
 
-async fn connect(addr: &str, hello: &Hello) -> std::io::Result<Conn> {
+/// Dials `peer` at `addr` (with TLS when `tls` is set, verifying that the
+/// listener's certificate names `peer`) and sends the hello.
+async fn connect(
+    addr: &str,
+    peer: u64,
+    tls: Option<&PeerTls>,
+    hello: &Hello,
+) -> std::io::Result<Conn> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        .map_err(|_| timed_out())??;
     stream.set_nodelay(true)?;
-    let (reader, writer) = stream.into_split();
+    let (reader, writer): (
+        Box<dyn AsyncRead + Send + Unpin>,
+        Box<dyn AsyncWrite + Send + Unpin>,
+    ) = match tls {
+        None => {
+            let (reader, writer) = stream.into_split();
+            (Box::new(reader), Box::new(writer))
+        }
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from(crate::tls::node_name(peer))
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connector.connect(name, stream))
+                .await
+                .map_err(|_| timed_out())??;
+            let (reader, writer) = tokio::io::split(stream);
+            (Box::new(reader), Box::new(writer))
+        }
+    };
     let mut writer = BufWriter::with_capacity(256 * 1024, writer);
     writer.write_all(&hello.encode()).await?;
     Ok(Conn {
@@ -731,7 +793,7 @@ async fn connect(addr: &str, hello: &Hello) -> std::io::Result<Conn> {
 }
 
 async fn write_frame(
-    writer: &mut BufWriter<OwnedWriteHalf>,
+    writer: &mut (impl AsyncWrite + Unpin),
     message: &Message,
 ) -> std::io::Result<()> {
     let bytes = message
@@ -844,7 +906,8 @@ impl Dialer {
                     lane: self.lane,
                     announce: self.transport.announce.clone(),
                 };
-                match connect(&self.addr, &hello).await {
+                let tls = self.transport.config.tls.as_ref();
+                match connect(&self.addr, self.peer, tls, &hello).await {
                     Ok(c) => {
                         tracing::debug!(peer = self.peer, addr = %self.addr, lane = %self.lane, "connected to raft peer");
                         self.conn = Some(c);
@@ -937,14 +1000,22 @@ pub async fn serve(
         let transport = Arc::clone(&transport);
         let inbox = Arc::clone(&inbox);
         tokio::spawn(async move {
-            // The seam for mutual TLS: a handshake here will wrap the stream and
-            // yield the peer id its certificate names. Without TLS nothing is
-            // verified and the hello's claim stands alone.
-            let verified = None;
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(%remote, "set TCP_NODELAY on a raft peer connection: {e}");
             }
-            match receive(stream, verified, pending, &transport, inbox.as_ref()).await {
+            // With mutual TLS the handshake (within the hello timeout, still among
+            // the pending connections) yields the peer id its certificate names;
+            // without, nothing is verified and the hello's claim stands alone.
+            let received = match transport.config.tls.clone() {
+                None => receive(stream, None, pending, &transport, inbox.as_ref()).await,
+                Some(tls) => match accept_tls(&tls, stream, transport.config.hello_timeout).await {
+                    Ok((stream, id)) => {
+                        receive(stream, Some(id), pending, &transport, inbox.as_ref()).await
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match received {
                 Ok(()) => tracing::debug!(%remote, "raft peer closed its connection"),
                 Err(Ended::Io(e)) => {
                     tracing::debug!(%remote, "raft peer connection failed: {e}");
@@ -954,6 +1025,46 @@ pub async fn serve(
                 }
             }
         });
+    }
+}
+
+/// Runs the TLS handshake of an inbound connection within `timeout` and returns the
+/// stream with the node id its verified certificate names.
+async fn accept_tls(
+    tls: &PeerTls,
+    stream: TcpStream,
+    timeout: Duration,
+) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, u64), Ended> {
+    let stream = match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
+        Err(_) => {
+            return Err(closed(
+                CloseReason::TlsHandshake,
+                format!("no TLS handshake within {timeout:?}"),
+            ));
+        }
+        Ok(Err(e)) if crate::tls::is_certificate_refusal(&e) => {
+            return Err(closed(CloseReason::BadCertificate, e.to_string()));
+        }
+        Ok(Err(e)) => {
+            return Err(closed(
+                CloseReason::TlsHandshake,
+                format!("TLS handshake failed (is the peer started with --certs-dir?): {e}"),
+            ));
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    let id = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(crate::tls::node_id_of);
+    match id {
+        Some(id) => Ok((stream, id)),
+        None => Err(closed(
+            CloseReason::BadCertificate,
+            "the peer's certificate names no node (a client certificate?)",
+        )),
     }
 }
 
@@ -1193,6 +1304,7 @@ mod tests {
                     hello_timeout: Duration::from_millis(300),
                     max_pending: 3,
                     max_pending_per_ip: 2,
+                    tls: None,
                 };
                 let metrics = Arc::new(Metrics::new().expect("metrics"));
                 let transport = Transport::new(

@@ -197,6 +197,9 @@ pub struct Config {
     pub password: Option<Arc<Password>>,
     /// Counts failed authentication attempts (`sealkv_auth_failures_total`).
     pub auth_failures: Option<prometheus::IntCounter>,
+    /// TLS (`--certs-dir`): every connection starts with a handshake (a client
+    /// certificate optional); `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -208,6 +211,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(30),
             clock: Clock::system(),
             password: None,
+            tls: None,
             auth_failures: None,
         }
     }
@@ -221,6 +225,33 @@ struct Shared<B> {
     /// The listening address (`CLIENT INFO`'s `laddr`, `INFO`'s `tcp_port`).
     local: std::net::SocketAddr,
     next_client_id: AtomicU64,
+}
+
+/// Serves one accepted connection: the TLS handshake first when the server has TLS
+/// (one that fails is logged and closed), then its commands, or only the refusal
+/// when no client slot was free.
+async fn serve_one<B: Backend>(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    id: u64,
+    admitted: bool,
+    shared: &Shared<B>,
+) {
+    match &shared.config.tls {
+        None if admitted => connection::run(stream, peer, id, shared).await,
+        None => connection::refuse(stream, peer).await,
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
+            let Some(stream) = crate::tls::handshake(&acceptor, stream, peer, "redis").await else {
+                return;
+            };
+            if admitted {
+                connection::run(stream, peer, id, shared).await;
+            } else {
+                connection::refuse(stream, peer).await;
+            }
+        }
+    }
 }
 
 /// Serves the Redis protocol on `listener` with the default [`Config`] until
@@ -292,14 +323,11 @@ pub async fn serve_with<B: Backend>(
                 let shared = Arc::clone(&shared);
                 let mut stopped = stopped.clone();
                 connections.spawn(async move {
-                    let Some(_slot) = slot else {
-                        connection::refuse(stream, peer).await;
-                        return;
-                    };
                     tokio::select! {
                         _ = stopped.wait_for(|stop| *stop) => {}
-                        () = connection::run(stream, peer, id, &shared) => {}
+                        () = serve_one(stream, peer, id, slot.is_some(), &shared) => {}
                     }
+                    drop(slot);
                 });
             }
         }

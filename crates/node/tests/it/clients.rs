@@ -19,7 +19,7 @@ const PASSWORD: &str = "c0rrect-h0rse-battery";
 
 /// The Python of `<target>/py`, found in the directories above this test's
 /// executable (`<target>/debug/deps/it-...`).
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     exe.ancestors()
         .map(|dir| dir.join("py").join("bin").join("python3"))
