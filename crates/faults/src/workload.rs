@@ -326,6 +326,32 @@ fn classify_error(input: &Input, e: &redis::RedisError) -> Outcome {
     }
 }
 
+/// What the clients of one test run share: the history they record, their ids,
+/// their counts, and the flag that stops them.
+#[derive(Debug, Default, Clone)]
+pub struct Run {
+    /// The history.
+    pub recorder: Recorder,
+    /// Client ids.
+    pub ids: ClientIds,
+    /// Counts of outcomes.
+    pub tally: Arc<Tally>,
+    /// Stops the workload threads.
+    pub stop: Stop,
+}
+
+impl Run {
+    /// A recorded client of the nodes whose Redis addresses are `endpoints`.
+    pub fn client(&self, endpoints: Vec<String>) -> Client {
+        Client::new(
+            endpoints,
+            self.ids.clone(),
+            self.recorder.clone(),
+            self.tally.clone(),
+        )
+    }
+}
+
 /// A stop flag shared by workload threads.
 #[derive(Debug, Default, Clone)]
 pub struct Stop(Arc<AtomicBool>);

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use sealkv_faults::process;
 use sealkv_faults::proxy::Network;
-use sealkv_faults::workload::{Client, ClientIds, Tally};
-use sealkv_linearizability::Recorder;
+use sealkv_faults::workload::{Client, Run, Tally};
 use serde_json::Value;
 
 use crate::support::{Node, eventually, run, sealkv};
@@ -104,19 +103,9 @@ impl FaultCluster {
         self.nodes.iter().map(|n| n.redis.clone()).collect()
     }
 
-    /// A recorded client of every node.
-    pub fn client(
-        &self,
-        ids: &ClientIds,
-        recorder: &Recorder,
-        tally: &std::sync::Arc<Tally>,
-    ) -> Client {
-        Client::new(
-            self.endpoints(),
-            ids.clone(),
-            recorder.clone(),
-            tally.clone(),
-        )
+    /// A recorded client of every node, in `run`.
+    pub fn client(&self, run: &Run) -> Client {
+        run.client(self.endpoints())
     }
 
     /// SIGKILL of node `id`.

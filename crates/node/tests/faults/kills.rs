@@ -3,11 +3,10 @@
 //! the whole cluster, with encryption on.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use sealkv_faults::workload::{self, ClientIds, Outcome, Stop, Tally};
-use sealkv_linearizability::{Output, Recorder};
+use sealkv_faults::workload::{self, Outcome, Run, Tally};
+use sealkv_linearizability::Output;
 
 use crate::cluster::{FaultCluster, RECOVERY};
 use crate::scale::{Scale, assert_linearizable, report};
@@ -39,14 +38,12 @@ fn kill_cycles_lose_no_acknowledged_write() {
     let scale = Scale::from_env();
     let mut rng = fastrand::Rng::with_seed(scale.seed);
     let mut c = FaultCluster::start(3, true, &[]);
-    let recorder = Recorder::new();
-    let ids = ClientIds::default();
-    let tally = Arc::new(Tally::default());
-    let stop = Stop::default();
+    let run = Run::default();
+    let (recorder, tally, stop) = (&run.recorder, &run.tally, &run.stop);
 
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
-            let mut client = c.client(&ids, &recorder, &tally);
+            let mut client = c.client(&run);
             let stop = stop.clone();
             let seed = scale.seed.wrapping_add(w);
             std::thread::spawn(move || {
@@ -107,7 +104,7 @@ fn kill_cycles_lose_no_acknowledged_write() {
         let rest: Vec<u64> = c.ids().into_iter().filter(|&i| i != victim).collect();
         c.leader_among(&rest);
         c.progress(
-            &tally,
+            tally,
             before,
             PROGRESS,
             &format!("with node {victim} down"),
@@ -125,7 +122,7 @@ fn kill_cycles_lose_no_acknowledged_write() {
             c.restart(id);
         }
         c.leader();
-        c.progress(&tally, before, PROGRESS, "after a whole-cluster restart");
+        c.progress(tally, before, PROGRESS, "after a whole-cluster restart");
     }
     stop.stop();
     let expected: Vec<BTreeMap<String, Expect>> = writers
@@ -137,7 +134,7 @@ fn kill_cycles_lose_no_acknowledged_write() {
 
     // Every key a writer owns holds its last acknowledged value (or a later write
     // whose outcome it never learned), read linearizably through the leader.
-    let mut reader = c.client(&ids, &recorder, &tally);
+    let mut reader = c.client(&run);
     let mut checked = 0;
     let mut lost = Vec::new();
     for (w, keys) in expected.iter().enumerate() {
@@ -175,7 +172,7 @@ fn kill_cycles_lose_no_acknowledged_write() {
     assert_eq!(Tally::get(&tally.halted), 0, "a client was answered HALTED");
     assert!(checked >= WRITERS, "only {checked} keys were written");
 
-    let history = assert_linearizable(&recorder, "kill_cycles");
+    let history = assert_linearizable(recorder, "kill_cycles");
     let nonce_pairs = assert_no_nonce_repeats(c.ledger_dir());
     report(
         "kill_cycles",

@@ -3,11 +3,9 @@
 //! (the leader on the minority side, or a follower alone), cuts one link one way
 //! and delays every link, are linearizable. Encryption on.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use sealkv_faults::workload::{self, ClientIds, Stop, Tally};
-use sealkv_linearizability::Recorder;
+use sealkv_faults::workload::{self, Run, Tally};
 
 use crate::cluster::FaultCluster;
 use crate::scale::{Scale, assert_linearizable, report};
@@ -50,16 +48,14 @@ fn histories_under_partitions_pauses_and_kills_are_linearizable() {
     let scale = Scale::from_env();
     let mut rng = fastrand::Rng::with_seed(scale.seed);
     let mut c = FaultCluster::start(3, true, &[]);
-    let recorder = Recorder::new();
-    let ids = ClientIds::default();
-    let tally = Arc::new(Tally::default());
-    let stop = Stop::default();
+    let run = Run::default();
+    let (recorder, tally, stop) = (&run.recorder, &run.tally, &run.stop);
     let registers: Vec<String> = (0..2).map(|i| format!("reg:{i}")).collect();
     let counters = vec!["ctr:0".to_string()];
 
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
-            let mut client = c.client(&ids, &recorder, &tally);
+            let mut client = c.client(&run);
             let (stop, registers, counters) = (stop.clone(), registers.clone(), counters.clone());
             let seed = scale.seed.wrapping_add(i);
             std::thread::spawn(move || {
@@ -89,7 +85,7 @@ fn histories_under_partitions_pauses_and_kills_are_linearizable() {
                 partitions += 1;
                 c.leader_among(&followers);
                 c.progress(
-                    &tally,
+                    tally,
                     Tally::get(&tally.acked_writes),
                     PROGRESS,
                     &format!("with old leader {leader} cut off"),
@@ -101,7 +97,7 @@ fn histories_under_partitions_pauses_and_kills_are_linearizable() {
                 c.net.isolate(f);
                 partitions += 1;
                 c.progress(
-                    &tally,
+                    tally,
                     Tally::get(&tally.acked_writes),
                     PROGRESS,
                     &format!("with follower {f} cut off"),
@@ -113,7 +109,7 @@ fn histories_under_partitions_pauses_and_kills_are_linearizable() {
                 c.net.cut_one_way(leader, f);
                 partitions += 1;
                 c.progress(
-                    &tally,
+                    tally,
                     Tally::get(&tally.acked_writes),
                     PROGRESS,
                     &format!("with link {leader} -> {f} cut"),
@@ -124,7 +120,7 @@ fn histories_under_partitions_pauses_and_kills_are_linearizable() {
                 c.pause(leader);
                 c.leader_among(&followers);
                 c.progress(
-                    &tally,
+                    tally,
                     Tally::get(&tally.acked_writes),
                     PROGRESS,
                     &format!("with leader {leader} paused"),
@@ -135,7 +131,7 @@ fn histories_under_partitions_pauses_and_kills_are_linearizable() {
                 c.kill(leader);
                 c.leader_among(&followers);
                 c.progress(
-                    &tally,
+                    tally,
                     Tally::get(&tally.acked_writes),
                     PROGRESS,
                     &format!("with leader {leader} killed"),
@@ -145,7 +141,7 @@ fn histories_under_partitions_pauses_and_kills_are_linearizable() {
             Fault::Delay => {
                 c.net.delay_all(Duration::from_millis(20));
                 c.progress(
-                    &tally,
+                    tally,
                     Tally::get(&tally.acked_writes),
                     PROGRESS,
                     "with every link delayed",
@@ -165,7 +161,7 @@ fn histories_under_partitions_pauses_and_kills_are_linearizable() {
     c.assert_healthy();
     assert_eq!(Tally::get(&tally.halted), 0, "a client was answered HALTED");
 
-    let history = assert_linearizable(&recorder, "partitions");
+    let history = assert_linearizable(recorder, "partitions");
     let nonce_pairs = assert_no_nonce_repeats(c.ledger_dir());
     report(
         "partitions",
