@@ -103,12 +103,7 @@ fn kill_cycles_lose_no_acknowledged_write() {
         c.kill(victim);
         let rest: Vec<u64> = c.ids().into_iter().filter(|&i| i != victim).collect();
         c.leader_among(&rest);
-        c.progress(
-            tally,
-            before,
-            PROGRESS,
-            &format!("with node {victim} down"),
-        );
+        c.progress(tally, before, PROGRESS, &format!("with node {victim} down"));
         c.restart(victim);
         c.leader();
         cycles += 1;
