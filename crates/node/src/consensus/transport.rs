@@ -229,16 +229,30 @@ async fn connect(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
     let mut writer = BufWriter::with_capacity(256 * 1024, stream);
-    writer.write_all(MAGIC).await?;
-    writer.write_u8(VERSION).await?;
-    writer.write_u64(my_id).await?;
-    for addr in [&announce.redis, &announce.admin] {
-        // An address too long for the length byte is not announced rather than cut.
-        let announced = u8::try_from(addr.len()).map_or("", |_| addr.as_str());
-        writer.write_u8(announced.len() as u8).await?;
-        writer.write_all(announced.as_bytes()).await?;
-    }
+    writer.write_all(&encode_hello(my_id, announce)).await?;
     Ok(writer)
+}
+
+/// The hello a dialer sends first (see the module docs): magic, version, `id` and
+/// the announced addresses. An address too long for its length byte is not
+/// announced (sent empty) rather than cut.
+#[doc(hidden)]
+pub fn encode_hello(id: u64, announce: &Announce) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(MAGIC.len() + 1 + 8 + 2 + announce.redis.len() + announce.admin.len());
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&id.to_be_bytes());
+    for addr in [&announce.redis, &announce.admin] {
+        match u8::try_from(addr.len()) {
+            Ok(len) => {
+                out.push(len);
+                out.extend_from_slice(addr.as_bytes());
+            }
+            Err(_) => out.push(0),
+        }
+    }
+    out
 }
 
 async fn write_frame(writer: &mut BufWriter<TcpStream>, message: &Message) -> std::io::Result<()> {
@@ -334,7 +348,14 @@ async fn lane(
 }
 
 /// Reads a connection's hello: the sender's id and the addresses it announced.
-async fn read_hello(
+/// Public for the fuzz targets (`crates/fuzz-targets`); not part of the API.
+///
+/// # Errors
+/// [`std::io::ErrorKind::InvalidData`] for a wrong magic or version or an address
+/// that is not UTF-8; [`std::io::ErrorKind::UnexpectedEof`] when the stream ends
+/// inside the hello; any error of `reader`.
+#[doc(hidden)]
+pub async fn read_hello(
     reader: &mut (impl tokio::io::AsyncRead + Unpin),
 ) -> std::io::Result<(u64, Announce)> {
     let invalid =
@@ -398,33 +419,46 @@ async fn receive(
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello"))??;
     transport.learn(sender, announce);
-    loop {
-        let len = match reader.read_u32().await {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        if len > MAX_FRAME {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("frame of {len} bytes is larger than {MAX_FRAME}"),
-            ));
-        }
-        // Grow with the bytes that actually arrive, not with what the header claims.
-        let mut buf = Vec::with_capacity((len as usize).min(64 * 1024));
-        (&mut reader)
-            .take(u64::from(len))
-            .read_to_end(&mut buf)
-            .await?;
-        if buf.len() != len as usize {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let message = Message::parse_from_bytes(&buf)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    while let Some(message) = read_frame(&mut reader).await? {
         if message.to != my_id {
             tracing::debug!(to = message.to, "raft message for another node dropped");
             continue;
         }
         raft.step(message);
     }
+    Ok(())
+}
+
+/// Reads one frame and decodes its raft-rs message; `Ok(None)` when the stream ends
+/// cleanly before a frame starts. Public for the fuzz targets
+/// (`crates/fuzz-targets`); not part of the API.
+///
+/// # Errors
+/// [`std::io::ErrorKind::InvalidData`] for a frame longer than [`MAX_FRAME`] or a
+/// message that does not decode; [`std::io::ErrorKind::UnexpectedEof`] when the
+/// stream ends inside a frame; any error of `reader`.
+#[doc(hidden)]
+pub async fn read_frame(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> std::io::Result<Option<Message>> {
+    let len = match reader.read_u32().await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is larger than {MAX_FRAME}"),
+        ));
+    }
+    // Grow with the bytes that actually arrive, not with what the header claims.
+    let mut buf = Vec::with_capacity((len as usize).min(64 * 1024));
+    reader.take(u64::from(len)).read_to_end(&mut buf).await?;
+    if buf.len() != len as usize {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Message::parse_from_bytes(&buf)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
