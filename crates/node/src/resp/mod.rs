@@ -82,6 +82,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 pub use backend::{ApiError, Backend, InfoSnapshot, RaftRole, ReadConsistency, ValueRead};
+/// The connection codec, public for the fuzz targets (`crates/fuzz-targets`); not
+/// part of the API.
+#[doc(hidden)]
+pub use codec::CommandCodec;
 pub use codec::{Limits, MAX_HEADER_LEN, ProtocolError};
 
 /// The wall clock the server stamps requests and computes expiries with, in ms
