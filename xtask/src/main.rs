@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 
 mod bench;
 mod cluster;
+mod fuzz;
 
 /// Crates that must stay free of storage, async runtime and consensus dependencies,
 /// and what they must not pull in anywhere in their dependency tree (DESIGN.md §2).
@@ -72,8 +73,9 @@ fn main() -> anyhow::Result<()> {
         "run" => run_sealkv(&std::env::args().skip(2).collect::<Vec<_>>()),
         "cluster" => cluster::cluster(&std::env::args().skip(2).collect::<Vec<_>>()),
         "bench" => bench::bench(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "fuzz" => fuzz::fuzz(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
-            eprintln!("usage: cargo xtask <ci|prereqs|layering|run|cluster|bench>");
+            eprintln!("usage: cargo xtask <ci|prereqs|layering|run|cluster|bench|fuzz>");
             eprintln!(
                 "  ci        prerequisites, fmt, clippy, tests, docs, layering (what CI runs)"
             );
@@ -85,6 +87,9 @@ fn main() -> anyhow::Result<()> {
             eprintln!("  cluster   run a local three-node cluster (--fresh: empty data dirs)");
             eprintln!(
                 "  bench     criterion benches and redis-benchmark on a local cluster (--micro, --cluster)"
+            );
+            eprintln!(
+                "  fuzz      run every cargo-fuzz target for N seconds (--seconds N [TARGET ...])"
             );
             bail!("unknown task {task:?}")
         }
