@@ -48,7 +48,7 @@ use sealkv_encryption::sidecar;
 use sealkv_fsmwire::{BootstrapPayload, RegistrationPayload, RotationPayload};
 use sealkv_kv::{Command, KvRequest, OP_KV, OP_KV_BATCH};
 use sealkv_node::consensus::transport;
-use sealkv_node::resp::{CommandCodec, Limits};
+use sealkv_node::resp::{CommandCodec, Limits, ProtocolError};
 use sealkv_store::StoreError;
 
 /// A fuzz target's body.
@@ -425,7 +425,18 @@ fn decode_commands(input: &[u8], chunk: usize, limits: Limits) -> Decoded {
             match codec.decode(&mut buf) {
                 Ok(Some(args)) => commands.push(args),
                 Ok(None) => break,
-                Err(e) => return (commands, Some(e.to_string())),
+                Err(e) => {
+                    // The guard frames a command only when redis-protocol will decode
+                    // it the same way; these two mean they disagree.
+                    assert!(
+                        !matches!(
+                            e,
+                            ProtocolError::Decode(_) | ProtocolError::FrameMismatch { .. }
+                        ),
+                        "the guard accepted what redis-protocol refused: {e}"
+                    );
+                    return (commands, Some(e.to_string()));
+                }
             }
         }
     }
@@ -435,8 +446,8 @@ fn decode_commands(input: &[u8], chunk: usize, limits: Limits) -> Decoded {
 /// The Redis-protocol entry point: the codec every client connection reads through.
 /// The input is decoded at once and in small reads, under the default limits and
 /// under small ones: the commands and the error must not depend on how the bytes
-/// arrived, no command is empty, and the arguments never hold more bytes than the
-/// input.
+/// arrived, no command is empty, the arguments never hold more bytes than the
+/// input, and the guard never frames a command redis-protocol decodes otherwise.
 pub fn resp(data: &[u8]) {
     let small = Limits {
         max_bulk_len: 64,
