@@ -159,6 +159,52 @@ struct Shared<B> {
     next_client_id: AtomicU64,
 }
 
+/// Runs a client's bytes through a connection's steps without a socket: the codec
+/// frames each command, the command table runs it against `backend`, and the reply
+/// frames come back in order. The input ends at the first protocol error (answered
+/// as a connection answers it), at `QUIT`, or where a command is incomplete. Public
+/// for the fuzz targets (`crates/fuzz-targets`); not part of the API.
+#[doc(hidden)]
+pub async fn run_commands<B: Backend>(
+    backend: Arc<B>,
+    config: Config,
+    input: &[u8],
+) -> Vec<redis_protocol::resp2::types::BytesFrame> {
+    use redis_protocol::tokio_util::codec::Decoder as _;
+    let shared = Shared {
+        backend,
+        config,
+        started: Instant::now(),
+        port: 0,
+        next_client_id: AtomicU64::new(2),
+    };
+    let mut codec = CommandCodec::new(shared.config.limits);
+    let mut session = connection::Session {
+        id: 1,
+        name: None,
+        consistency: ReadConsistency::Linearizable,
+    };
+    let mut src = redis_protocol::bytes::BytesMut::from(input);
+    let mut replies = Vec::new();
+    loop {
+        match codec.decode(&mut src) {
+            Ok(Some(args)) => {
+                let (frame, flow) = commands::execute(&shared, &mut session, args).await;
+                replies.push(frame);
+                if flow == commands::Flow::Close {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                replies.push(reply::error(format!("ERR Protocol error: {e}")));
+                break;
+            }
+        }
+    }
+    replies
+}
+
 /// Serves the Redis protocol on `listener` with the default [`Config`] until
 /// `shutdown` completes. See [`serve_with`].
 ///
