@@ -31,6 +31,9 @@
 //! | `transport_hello` | [`transport::read_hello`] |
 //! | `transport_frame` | [`transport::read_frame`] (raft-rs protobuf messages) |
 //! | `resp` | [`CommandCodec`]'s `Decoder` (the Redis-protocol entry point) |
+//! | `resp_commands` | [`sealkv_node::resp::run_commands`]: the codec, then each command's argument parsing and execution against an in-memory backend |
+
+mod resp_commands;
 
 use std::future::Future;
 use std::pin::pin;
@@ -68,6 +71,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("transport_hello", transport_hello),
     ("transport_frame", transport_frame),
     ("resp", resp),
+    ("resp_commands", resp_commands),
 ];
 
 /// The target called `name`, if there is one.
@@ -502,4 +506,14 @@ pub fn resp(data: &[u8]) {
             assert_eq!(split, whole, "decoding in reads of {chunk} bytes differs");
         }
     }
+}
+
+/// The Redis commands behind the codec: a client's bytes framed and run one command
+/// after another against an in-memory backend, as a connection runs them. Every
+/// command gets exactly one reply (up to `QUIT`), every reply survives encoding and
+/// decoding and carries no line break in a status or error text, and every write
+/// proposed is stamped with the server's clock and round-trips through the KV
+/// codec.
+pub fn resp_commands(data: &[u8]) {
+    resp_commands::run(data);
 }

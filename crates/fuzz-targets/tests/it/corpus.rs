@@ -31,6 +31,7 @@ mod fuzz_corpus {
     crate::per_target!(
         fsmwire_registration fsmwire_bootstrap fsmwire_rotation registry_key registry_value
         envelope sidecar kv_command snapshot_dump transport_hello transport_frame resp
+        resp_commands
     );
 }
 

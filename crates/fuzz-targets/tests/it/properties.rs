@@ -92,5 +92,6 @@ pub mod fuzz_props {
     crate::per_target!(
         fsmwire_registration fsmwire_bootstrap fsmwire_rotation registry_key registry_value
         envelope sidecar kv_command snapshot_dump transport_hello transport_frame resp
+        resp_commands
     );
 }

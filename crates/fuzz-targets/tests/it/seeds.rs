@@ -427,6 +427,100 @@ fn resp_seeds(seeds: &mut Seeds) {
     }
 }
 
+/// One command as a client sends it: an array of bulk strings.
+fn command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+    }
+    out
+}
+
+fn resp_command_seeds(seeds: &mut Seeds) {
+    let sessions: &[(&str, &[&[&str]])] = &[
+        (
+            "strings",
+            &[
+                &["SET", "k", "v"],
+                &["SET", "k", "v", "EX", "10", "NX"],
+                &["SET", "k", "v", "PX", "9223372036854775807", "XX"],
+                &["SET", "k", "v", "EXAT", "1700000000", "KEEPTTL"],
+                &["SET", "k", "v", "PXAT", "-1", "GET"],
+                &["GET", "k"],
+                &["MSET", "a", "1", "b", "2"],
+                &["MGET", "a", "b", "c"],
+                &["EXISTS", "a", "a", "z"],
+                &["DEL", "a", "b"],
+            ],
+        ),
+        (
+            "counters",
+            &[
+                &["INCR", "n"],
+                &["INCRBY", "n", "9223372036854775806"],
+                &["INCRBY", "n", "1"],
+                &["DECRBY", "n", "-9223372036854775808"],
+                &["DECR", "n"],
+                &["SET", "s", "abc"],
+                &["INCR", "s"],
+            ],
+        ),
+        (
+            "expiry",
+            &[
+                &["SET", "k", "v"],
+                &["EXPIRE", "k", "100"],
+                &["TTL", "k"],
+                &["PTTL", "k"],
+                &["EXPIRE", "k", "9223372036854775807"],
+                &["EXPIRE", "k", "-1"],
+                &["TTL", "k"],
+                &["DBSIZE"],
+            ],
+        ),
+        (
+            "server",
+            &[
+                &["PING"],
+                &["PING", "hi"],
+                &["ECHO", "x"],
+                &["INFO"],
+                &["INFO", "replication", "server", "everything"],
+                &["COMMAND", "COUNT"],
+                &["COMMAND", "INFO", "get", "nosuch"],
+                &["COMMAND", "DOCS"],
+                &["CLIENT", "SETNAME", "me"],
+                &["CLIENT", "GETNAME"],
+                &["CLIENT", "ID"],
+                &["HELLO", "2", "SETNAME", "x"],
+                &["HELLO", "3"],
+                &["SELECT", "0"],
+                &["SELECT", "1"],
+                &["READONLY"],
+                &["GET", "k"],
+                &["READWRITE"],
+                &["CONFIG", "GET", "maxmemory"],
+                &["AUTH", "pw"],
+                &["NOSUCH", "a\r\nb"],
+                &["QUIT"],
+                &["PING"],
+            ],
+        ),
+        (
+            "reserved",
+            &[
+                &["SET", "!encryption|writers|x", "v"],
+                &["GET", "!encryption|x"],
+                &["MSET", "a", "1", "!encryption|b", "2"],
+            ],
+        ),
+    ];
+    for (name, commands) in sessions {
+        let bytes: Vec<u8> = commands.iter().flat_map(|c| command(c)).collect();
+        add(seeds, "resp_commands", name, bytes);
+    }
+}
+
 /// Every generated seed.
 fn seeds() -> Seeds {
     let mut seeds = Seeds::new();
@@ -438,6 +532,7 @@ fn seeds() -> Seeds {
     hello_seeds(&mut seeds);
     frame_seeds(&mut seeds);
     resp_seeds(&mut seeds);
+    resp_command_seeds(&mut seeds);
     seeds
 }
 
