@@ -4,6 +4,7 @@
 
 mod corpus;
 mod properties;
+mod regressions;
 mod seeds;
 
 use std::path::PathBuf;
