@@ -1,6 +1,7 @@
 //! Inbound framing: [`CommandCodec`] checks each command's shape and size limits
 //! as its bytes arrive, then hands the complete command to redis-protocol's RESP2
-//! decoder; outbound frames go straight to redis-protocol's RESP2 encoder.
+//! decoder; outbound frames are written by [`encode_frame`], not by redis-protocol's
+//! encoder (see there why).
 //!
 //! Why a guard in front of the library: redis-protocol's decoder has no limits and
 //! re-parses a frame from its first byte every time more bytes arrive. Left alone, a
@@ -29,7 +30,6 @@
 //! Redis does.
 
 use redis_protocol::bytes::{Buf, Bytes, BytesMut};
-use redis_protocol::codec::Resp2;
 use redis_protocol::error::RedisProtocolError;
 use redis_protocol::resp2::types::BytesFrame;
 use redis_protocol::tokio_util::codec::{Decoder, Encoder};
@@ -115,9 +115,6 @@ pub enum ProtocolError {
         /// The bytes redis-protocol consumed.
         decoded: usize,
     },
-    /// redis-protocol could not encode a reply.
-    #[error("encode reply")]
-    Encode(#[source] RedisProtocolError),
     /// The socket failed, or the client closed it in the middle of a command.
     #[error("connection i/o")]
     Io(#[from] std::io::Error),
@@ -127,7 +124,7 @@ impl ProtocolError {
     /// Whether the client should be told (`-ERR Protocol error: ...`) before the
     /// connection closes: yes for bad bytes, no for a failed socket.
     pub fn is_client_fault(&self) -> bool {
-        !matches!(self, ProtocolError::Io(_) | ProtocolError::Encode(_))
+        !matches!(self, ProtocolError::Io(_))
     }
 }
 
@@ -158,7 +155,6 @@ enum Scanned {
 #[derive(Debug)]
 pub struct CommandCodec {
     limits: Limits,
-    resp2: Resp2,
     /// Bytes of the command at the start of the buffer already checked.
     pos: usize,
     step: Step,
@@ -169,7 +165,6 @@ impl CommandCodec {
     pub fn new(limits: Limits) -> CommandCodec {
         CommandCodec {
             limits,
-            resp2: Resp2::default(),
             pos: 0,
             step: Step::ArrayHeader,
         }
@@ -341,7 +336,47 @@ impl Encoder<BytesFrame> for CommandCodec {
     type Error = ProtocolError;
 
     fn encode(&mut self, frame: BytesFrame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        self.resp2.encode(frame, dst).map_err(ProtocolError::Encode)
+        encode_frame(&frame, dst);
+        Ok(())
+    }
+}
+
+/// Appends `frame` to `dst` in RESP2:
+///
+/// ```text
+/// +<text>\r\n   -<text>\r\n   :<integer>\r\n   $<len>\r\n<bytes>\r\n   $-1\r\n   *<count>\r\n<frames>
+/// ```
+///
+/// Written here rather than by redis-protocol 6.0.0's encoder, which sizes an
+/// integer with a floating-point `log10` and zero-fills the buffer to that size
+/// before writing: for an integer just below a power of ten from 10^15 up
+/// (`999_999_999_999_999` converts to `1e15`) it counts one digit too many, and the
+/// reply went out followed by a NUL byte that desynchronised the client. The
+/// `resp_commands` fuzz target found it. Reply frames come from the server, never
+/// from a client, so the recursion into arrays is as shallow as the replies built.
+fn encode_frame(frame: &BytesFrame, dst: &mut BytesMut) {
+    fn line(dst: &mut BytesMut, kind: u8, text: &[u8]) {
+        dst.reserve(text.len() + 3);
+        dst.extend_from_slice(&[kind]);
+        dst.extend_from_slice(text);
+        dst.extend_from_slice(b"\r\n");
+    }
+    match frame {
+        BytesFrame::SimpleString(text) => line(dst, b'+', text),
+        BytesFrame::Error(text) => line(dst, b'-', text.as_bytes()),
+        BytesFrame::Integer(n) => line(dst, b':', n.to_string().as_bytes()),
+        BytesFrame::BulkString(bytes) => {
+            line(dst, b'$', bytes.len().to_string().as_bytes());
+            dst.extend_from_slice(bytes);
+            dst.extend_from_slice(b"\r\n");
+        }
+        BytesFrame::Null => dst.extend_from_slice(b"$-1\r\n"),
+        BytesFrame::Array(items) => {
+            line(dst, b'*', items.len().to_string().as_bytes());
+            for item in items {
+                encode_frame(item, dst);
+            }
+        }
     }
 }
 
@@ -428,6 +463,58 @@ mod tests {
                 Err((*want).to_string()),
                 "{}",
                 input.escape_ascii()
+            );
+        }
+    }
+
+    fn encoded(frame: BytesFrame) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        CommandCodec::new(limits())
+            .encode(frame, &mut out)
+            .expect("encode");
+        out.to_vec()
+    }
+
+    #[test]
+    fn encodes_every_reply_shape() {
+        let cases: Vec<(BytesFrame, &[u8])> = vec![
+            (BytesFrame::SimpleString("OK".into()), b"+OK\r\n"),
+            (BytesFrame::Error("ERR no".into()), b"-ERR no\r\n"),
+            (BytesFrame::Integer(-7), b":-7\r\n"),
+            (BytesFrame::BulkString("".into()), b"$0\r\n\r\n"),
+            (BytesFrame::BulkString("a\r\nb".into()), b"$4\r\na\r\nb\r\n"),
+            (BytesFrame::Null, b"$-1\r\n"),
+            (BytesFrame::Array(vec![]), b"*0\r\n"),
+            (
+                BytesFrame::Array(vec![
+                    BytesFrame::Integer(1),
+                    BytesFrame::Array(vec![BytesFrame::Null]),
+                ]),
+                b"*2\r\n:1\r\n*1\r\n$-1\r\n",
+            ),
+        ];
+        for (frame, want) in cases {
+            assert_eq!(encoded(frame.clone()), want, "{frame:?}");
+        }
+    }
+
+    /// Found by the `resp_commands` fuzz target (corpus file
+    /// `regression-integer-below-power-of-ten`): redis-protocol's encoder wrote
+    /// these integers followed by a NUL byte.
+    #[test]
+    fn fuzz_regression_integers_below_a_power_of_ten_encode_exactly() {
+        for n in [
+            999_999_999_999_999,
+            -999_999_999_999_999_202,
+            9_999_999_999_999_999,
+            999_999_999_999_999_999,
+            i64::MAX,
+            i64::MIN,
+            0,
+        ] {
+            assert_eq!(
+                encoded(BytesFrame::Integer(n)),
+                format!(":{n}\r\n").into_bytes()
             );
         }
     }
