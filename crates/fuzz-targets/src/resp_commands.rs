@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use redis_protocol::resp2::types::BytesFrame;
+use redis_protocol::tokio_util::codec::Encoder as _;
 use sealkv_kv::{Command, KvRequest, PutCondition, Reply, UserError};
 use sealkv_node::resp::{
-    ApiError, Backend, Clock, Config, InfoSnapshot, Limits, ReadConsistency, ValueRead,
+    ApiError, Backend, Clock, CommandCodec, Config, InfoSnapshot, Limits, ReadConsistency,
+    ValueRead,
 };
 
 /// The fixed wall clock of the server and the backend: 2023-11-14T22:13:20Z.
@@ -211,15 +213,22 @@ pub fn run(data: &[u8]) {
         None => commands.len() + usize::from(error.is_some()),
     };
     assert_eq!(replies.len(), expected, "one reply per command");
+    // Each reply goes through the connection's own encoder and back through
+    // redis-protocol's decoder, as a client would read it.
+    let mut encoder = CommandCodec::new(limits);
     for frame in &replies {
         check_frame(frame);
         let mut wire = redis_protocol::bytes::BytesMut::new();
-        redis_protocol::resp2::encode::extend_encode(&mut wire, frame, false)
+        encoder
+            .encode(frame.clone(), &mut wire)
             .expect("a reply encodes");
         let decoded = redis_protocol::resp2::decode::decode_bytes_mut(&mut wire)
             .expect("an encoded reply decodes")
             .expect("an encoded reply is complete");
         assert_eq!(&decoded.0, frame, "a reply changed on the wire");
-        assert!(wire.is_empty(), "an encoded reply has trailing bytes");
+        assert!(
+            wire.is_empty(),
+            "the encoded reply {frame:?} has trailing bytes {wire:?}"
+        );
     }
 }
