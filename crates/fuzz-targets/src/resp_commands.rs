@@ -188,7 +188,7 @@ fn check_frame(frame: &BytesFrame) {
     }
 }
 
-/// See [`crate::resp_commands`].
+/// See [`resp_commands`](fn@crate::resp_commands).
 pub fn run(data: &[u8]) {
     let limits = Limits {
         max_bulk_len: 1024,
