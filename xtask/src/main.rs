@@ -2,12 +2,17 @@
 //!
 //! * `ci` — what CI runs: system prerequisites, format, clippy, tests, docs, layering.
 //! * `prereqs` — check (and on Debian as root, install) the system packages the
-//!   RocksDB build needs.
+//!   RocksDB build needs, and make the Python environment the node's tests run
+//!   redis-py from (`<target>/py`, the latest redis-py release from PyPI).
 //! * `layering` — fail if a low-level crate depends on a heavy one.
 //! * `run` — check the prerequisites, then build and run the release `sealkv`
 //!   binary with the given arguments (`start` when none).
 //! * `cluster` — build `sealkv` and run a local three-node cluster.
 //! * `bench` — criterion micro-benchmarks and redis-benchmark against a local cluster.
+//! * `faults` — the long run of the fault tests (kills, partitions, pauses, clock
+//!   skew, linearizability) and one summary of it.
+//! * `fuzz` — build the cargo-fuzz targets and run each for N seconds
+//!   (`--seconds N [TARGET ...]`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +21,7 @@ use anyhow::{Context, bail};
 
 mod bench;
 mod cluster;
+mod faults;
 mod fuzz;
 
 /// Crates that must stay free of storage, async runtime and consensus dependencies,
@@ -23,17 +29,36 @@ mod fuzz;
 ///
 /// `sealkv-store` holds the Raft log storage (DESIGN.md §2), so it may depend on raft
 /// and raft-proto, but never on tokio.
+///
+/// No crate's normal build pulls in `fail` (fail-rs): fail points exist only in
+/// test builds, through the test-only `failpoints` features, so a release `sealkv`
+/// has none and no way to arm one.
 const LAYERING: &[(&str, &[&str])] = &[
     (
         "sealkv-fsmwire",
-        &["rocksdb", "librocksdb-sys", "tokio", "raft", "raft-proto"],
+        &[
+            "rocksdb",
+            "librocksdb-sys",
+            "tokio",
+            "raft",
+            "raft-proto",
+            "fail",
+        ],
     ),
     (
         "sealkv-encryption",
-        &["rocksdb", "librocksdb-sys", "tokio", "raft", "raft-proto"],
+        &[
+            "rocksdb",
+            "librocksdb-sys",
+            "tokio",
+            "raft",
+            "raft-proto",
+            "fail",
+        ],
     ),
-    ("sealkv-store", &["tokio"]),
-    ("sealkv-kv", &["tokio"]),
+    ("sealkv-store", &["tokio", "fail"]),
+    ("sealkv-kv", &["tokio", "fail"]),
+    ("sealkv-node", &["fail"]),
 ];
 
 /// Crates that must not name these as *direct* dependencies, though a crate below
@@ -73,13 +98,16 @@ fn main() -> anyhow::Result<()> {
         "run" => run_sealkv(&std::env::args().skip(2).collect::<Vec<_>>()),
         "cluster" => cluster::cluster(&std::env::args().skip(2).collect::<Vec<_>>()),
         "bench" => bench::bench(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "faults" => faults::faults(&std::env::args().skip(2).collect::<Vec<_>>()),
         "fuzz" => fuzz::fuzz(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
-            eprintln!("usage: cargo xtask <ci|prereqs|layering|run|cluster|bench|fuzz>");
+            eprintln!("usage: cargo xtask <ci|prereqs|layering|run|cluster|bench|faults|fuzz>");
             eprintln!(
                 "  ci        prerequisites, fmt, clippy, tests, docs, layering (what CI runs)"
             );
-            eprintln!("  prereqs   check or install libclang and a C++ compiler for RocksDB");
+            eprintln!(
+                "  prereqs   check or install libclang and a C++ compiler for RocksDB, and redis-py for the tests"
+            );
             eprintln!("  layering  check that low-level crates do not depend on heavy ones");
             eprintln!(
                 "  run       check prerequisites, then run the release sealkv (default: start)"
@@ -87,6 +115,9 @@ fn main() -> anyhow::Result<()> {
             eprintln!("  cluster   run a local three-node cluster (--fresh: empty data dirs)");
             eprintln!(
                 "  bench     criterion benches and redis-benchmark on a local cluster (--micro, --cluster)"
+            );
+            eprintln!(
+                "  faults    long fault run: kill cycles, partitions, linearizability (--kill-cycles N ...)"
             );
             eprintln!(
                 "  fuzz      run every cargo-fuzz target for N seconds (--seconds N [TARGET ...])"
@@ -145,7 +176,7 @@ fn run(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
 /// `cargo xtask run [ARGS]`: the prerequisites first (RocksDB's build needs
 /// libclang and a C++ compiler), then `cargo run --release --bin sealkv -- ARGS`.
 fn run_sealkv(args: &[String]) -> anyhow::Result<()> {
-    prereqs()?;
+    build_prereqs()?;
     let args = args.strip_prefix(&["--".to_string()]).unwrap_or(args);
     let args: Vec<String> = if args.is_empty() {
         vec!["start".to_string()]
@@ -284,6 +315,19 @@ fn is_libclang(name: &str) -> bool {
         .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()) && rest.contains(".so"))
 }
 
+/// Whether Debian's `libfaketime` is installed: the fault tests skew node clocks
+/// with it (the paths `sealkv-faults` looks in).
+fn have_faketime() -> bool {
+    [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+        "/usr/local/lib",
+    ]
+    .iter()
+    .any(|d| Path::new(d).join("faketime/libfaketime.so.1").exists())
+}
+
 fn have(program: &str) -> bool {
     Command::new(program)
         .arg("--version")
@@ -298,14 +342,123 @@ fn is_root() -> bool {
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
-/// Checks for libclang (bindgen) and a C++ compiler (RocksDB); installs them with apt
-/// on Debian when running as root, otherwise prints the command to run.
+/// Everything the build and the tests need: [`build_prereqs`], then
+/// [`redis_py_prereqs`].
 fn prereqs() -> anyhow::Result<()> {
-    const PACKAGES: &[&str] = &["libclang-dev", "clang", "g++", "make"];
+    build_prereqs()?;
+    redis_py_prereqs()
+}
+
+/// Where the node's process tests find redis-py: a virtual environment in the
+/// target dir, which `cargo clean` removes with everything else built. The tests
+/// look for `py/bin/python3` in the directories above their own executable and
+/// fail, naming `cargo xtask prereqs`, when it is missing.
+fn python_env() -> PathBuf {
+    target_dir().join("py")
+}
+
+/// Makes the virtual environment (with `python3 -m venv`; on Debian as root,
+/// installing `python3-venv` first when the interpreter lacks it) and installs or
+/// upgrades redis-py in it from PyPI, so the tests always run the latest release
+/// with its default settings. When PyPI cannot be reached and an earlier run left a
+/// redis-py behind, that one is kept, with a warning.
+fn redis_py_prereqs() -> anyhow::Result<()> {
+    let venv = python_env();
+    let python = venv.join("bin").join("python3");
+    if !python.exists() {
+        venv_support()?;
+        run(
+            "python3 -m venv",
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        )?;
+    }
+    let upgraded = run(
+        "pip install --upgrade redis",
+        Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--upgrade",
+            "redis",
+        ]),
+    );
+    let version = redis_py_version(&python);
+    match (upgraded, version) {
+        (Ok(()), Some(version)) => {
+            eprintln!("==> redis-py {version} in {}", venv.display());
+            Ok(())
+        }
+        (Err(e), Some(version)) => {
+            eprintln!(
+                "warning: {e:#}; the tests use the redis-py {version} already in {}",
+                venv.display()
+            );
+            Ok(())
+        }
+        (_, None) => bail!(
+            "redis-py is not importable from {}; remove that directory and run cargo xtask prereqs again",
+            python.display()
+        ),
+    }
+}
+
+/// The version of redis-py `python` imports, if it imports one.
+fn redis_py_version(python: &Path) -> Option<String> {
+    let out = Command::new(python)
+        .args(["-c", "import redis; print(redis.__version__)"])
+        .output()
+        .ok()?;
+    let version = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !version.trim().is_empty()).then(|| version.trim().to_string())
+}
+
+/// Checks that `python3` can make a virtual environment with pip in it; on Debian as
+/// root installs `python3-venv` (Debian ships `venv` without `ensurepip`)
+/// otherwise, else says what to install.
+fn venv_support() -> anyhow::Result<()> {
+    let can = || {
+        Command::new("python3")
+            .args(["-c", "import venv, ensurepip"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if can() {
+        return Ok(());
+    }
+    const PACKAGES: &[&str] = &["python3", "python3-venv"];
+    if is_root() && have("apt-get") {
+        eprintln!("==> installing {}", PACKAGES.join(" "));
+        run("apt-get update", Command::new("apt-get").arg("update"))?;
+        run(
+            "apt-get install",
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(PACKAGES)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        if can() {
+            return Ok(());
+        }
+        bail!("python3 still cannot make a virtual environment after installing python3-venv");
+    }
+    bail!(
+        "the tests run redis-py from a Python virtual environment; install python3 with venv and ensurepip (on Debian: sudo apt-get install {})",
+        PACKAGES.join(" ")
+    )
+}
+
+/// Checks for libclang (bindgen) and a C++ compiler (RocksDB), and libfaketime (the
+/// fault tests' clock skew); installs them with apt on Debian when running as root,
+/// otherwise prints the command to run.
+fn build_prereqs() -> anyhow::Result<()> {
+    const PACKAGES: &[&str] = &["libclang-dev", "clang", "g++", "make", "libfaketime"];
     let missing_clang = find_libclang().is_none();
     let missing_cxx = !have("c++") && !have("g++");
-    if !missing_clang && !missing_cxx {
-        eprintln!("==> prerequisites present (libclang, C++ compiler)");
+    let missing_faketime = !have_faketime();
+    if !missing_clang && !missing_cxx && !missing_faketime {
+        eprintln!("==> prerequisites present (libclang, C++ compiler, libfaketime)");
         return Ok(());
     }
     let install = format!(
@@ -325,9 +478,14 @@ fn prereqs() -> anyhow::Result<()> {
         if find_libclang().is_none() {
             bail!("libclang still not found after install; set LIBCLANG_PATH");
         }
+        if !have_faketime() {
+            bail!("libfaketime still not found after install");
+        }
         return Ok(());
     }
-    bail!("RocksDB's build needs libclang and a C++ compiler; install them with: sudo {install}")
+    bail!(
+        "RocksDB's build needs libclang and a C++ compiler, and the fault tests libfaketime; install them with: sudo {install}"
+    )
 }
 
 /// Fails if a crate pulls in a forbidden dependency, or a workspace crate depends on a

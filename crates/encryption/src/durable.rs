@@ -32,7 +32,11 @@
 //! Crash safety is tested with a fail point: with the `testing` feature,
 //! `durable_replace_stop_after` runs the same code and stops right after a named
 //! [`DurableStep`], leaving the files exactly as a crash at that moment would (with
-//! the page cache intact).
+//! the page cache intact). With the test-only `failpoints` feature, the fail-rs
+//! fail points `durable::before-rename` (tmp written and synced, target untouched)
+//! and `durable::before-dir-fsync` (renamed, directory not yet synced) let a whole
+//! node crash (`panic`) or fail (`return`) there; the node's `failpoints` process
+//! tests use them.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -253,10 +257,27 @@ fn replace(path: &Path, bytes: &[u8], mode: u32, stop: Option<DurableStep>) -> R
         return Ok(());
     }
 
+    // Fail point: the new content is whole and synced in the tmp file, and the
+    // target still holds the old file. `return` fails the rename.
+    fail_point!("durable::before-rename", |_| Err(fail(
+        DurableStep::Rename,
+        path
+    )(io::Error::other(
+        "fail point durable::before-rename"
+    ))));
     fs::rename(&tmp, path).map_err(fail(DurableStep::Rename, path))?;
     if stop_after(DurableStep::Rename) {
         return Ok(());
     }
+    // Fail point: the target names the new file, but the rename is not yet durable
+    // (a crash of the process keeps it; only a crash of the machine could lose it).
+    // `return` fails the directory fsync.
+    fail_point!("durable::before-dir-fsync", |_| Err(fail(
+        DurableStep::SyncDir,
+        dir
+    )(
+        io::Error::other("fail point durable::before-dir-fsync")
+    )));
 
     let dir_handle = File::open(dir).map_err(fail(DurableStep::OpenDir, dir))?;
     if stop_after(DurableStep::OpenDir) {

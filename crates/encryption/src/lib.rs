@@ -64,6 +64,17 @@
 
 #![deny(clippy::indexing_slicing, clippy::panic)]
 
+/// A fail point (tikv's fail-rs) named `$name`, compiled in only with the test-only
+/// `failpoints` feature; in any other build it is nothing. `$on_return` is what the
+/// `return` action makes the enclosing function return (an injected I/O error);
+/// `panic` models a crash at that point.
+macro_rules! fail_point {
+    ($name:literal, $on_return:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, $on_return);
+    };
+}
+
 pub mod applier;
 pub mod durable;
 pub mod envelope;

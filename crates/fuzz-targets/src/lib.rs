@@ -28,8 +28,8 @@
 //! | `sidecar` | [`sidecar::from_json`] (`keys.json`) |
 //! | `kv_command` | [`KvRequest::decode`] (entries `0x00`/`0x01`) |
 //! | `snapshot_dump` | [`sealkv_store::decode_snapshot_dump`] |
-//! | `transport_hello` | [`transport::read_hello`] |
-//! | `transport_frame` | [`transport::read_frame`] (raft-rs protobuf messages) |
+//! | `transport_hello` | [`transport::Hello::read`] (version 4, with the lane byte) |
+//! | `transport_frame` | [`transport::read_frame`] (keepalives and raft-rs protobuf messages, under each lane's limit) |
 //! | `resp` | [`CommandCodec`]'s `Decoder` (the Redis-protocol entry point) |
 //! | `resp_commands` | [`sealkv_node::resp::run_commands`]: the codec, then each command's argument parsing and execution against an in-memory backend |
 
@@ -50,7 +50,7 @@ use sealkv_encryption::registry::{self, RegistryCodecError, WriterKey, WriterRec
 use sealkv_encryption::sidecar;
 use sealkv_fsmwire::{BootstrapPayload, RegistrationPayload, RotationPayload};
 use sealkv_kv::{Command, KvRequest, OP_KV, OP_KV_BATCH};
-use sealkv_node::consensus::transport;
+use sealkv_node::consensus::transport::{self, Hello, HelloError, Received};
 use sealkv_node::resp::{CommandCodec, Limits, ProtocolError};
 use sealkv_store::StoreError;
 
@@ -356,31 +356,35 @@ fn ready<T>(future: impl Future<Output = T>) -> T {
     }
 }
 
+/// A read from a byte slice fails only where the bytes end.
 fn check_io_error(e: &std::io::Error) {
-    assert!(
-        matches!(
-            e.kind(),
-            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-        ),
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::UnexpectedEof,
         "transport read failed with {:?}: {e}",
         e.kind()
     );
 }
 
 /// A Raft peer's hello: an accepted hello re-encodes to exactly the bytes it was
-/// read from.
+/// read from, and a refused one names what was wrong (a version other than 4, a
+/// lane byte other than 0 or 1) or ends where the input does.
 pub fn transport_hello(data: &[u8]) {
     let mut rest = data;
-    match ready(transport::read_hello(&mut rest)) {
-        Ok((id, announce)) => {
+    match ready(Hello::read(&mut rest)) {
+        Ok(hello) => {
             let used = data.len() - rest.len();
             assert_eq!(
-                transport::encode_hello(id, &announce),
+                hello.encode(),
                 data.get(..used).expect("used is at most the input"),
                 "hello re-encodes differently"
             );
         }
-        Err(e) => check_io_error(&e),
+        Err(HelloError::Io(e)) => check_io_error(&e),
+        Err(HelloError::Magic(magic)) => assert_ne!(&magic, b"SKVR"),
+        Err(HelloError::Version(version)) => assert_ne!(version, 4),
+        Err(HelloError::Lane(lane)) => assert!(lane > 1, "lane {lane} refused"),
+        Err(HelloError::Address) => {}
     }
 }
 
@@ -411,38 +415,77 @@ fn known_fields(mut message: Message) -> Message {
     message
 }
 
-/// A Raft peer's stream of frames after the hello: each frame's message re-encodes
-/// to bytes of the same size that decode to the same known fields, and there are
-/// no more frames than length headers fit in the input.
-pub fn transport_frame(data: &[u8]) {
+/// What reading a stream of frames under one limit yields: the frames (`None` for
+/// a keepalive) and the error that ended it, if one did.
+type Frames = (Vec<Option<Message>>, Option<transport::FrameError>);
+
+fn read_frames(data: &[u8], limit: u32) -> Frames {
     let mut rest = data;
-    let mut frames = 0usize;
+    let mut frames = Vec::new();
     loop {
-        match ready(transport::read_frame(&mut rest)) {
-            Ok(Some(message)) => {
-                frames += 1;
-                assert!(frames * 4 <= data.len());
-                let bytes = message.write_to_bytes().expect("a decoded message encodes");
-                let again = Message::parse_from_bytes(&bytes).expect("an encoded message decodes");
-                let again_bytes = again.write_to_bytes().expect("a decoded message encodes");
-                assert_eq!(
-                    again_bytes.len(),
-                    bytes.len(),
-                    "re-encoding changed the size"
-                );
-                assert_eq!(
-                    known_fields(again),
-                    known_fields(message),
-                    "raft message changed through encode and decode"
-                );
-            }
+        match ready(transport::read_frame(&mut rest, limit, None)) {
+            Ok(Some(Received::Keepalive)) => frames.push(None),
+            Ok(Some(Received::Message(message))) => frames.push(Some(message)),
             Ok(None) => {
                 assert!(rest.is_empty());
-                break;
+                return (frames, None);
             }
-            Err(e) => {
-                check_io_error(&e);
-                break;
+            Err(e) => return (frames, Some(e)),
+        }
+    }
+}
+
+/// A Raft peer's stream of frames after the hello, read under the snapshot lane's
+/// limit, the normal lane's (for the default entry size) and a small one: each
+/// message re-encodes to bytes of the same size that decode to the same known
+/// fields, there are no more frames (keepalives included) than length headers fit
+/// in the input, and a smaller limit reads the same frames up to the first one
+/// above it, refused as too large.
+pub fn transport_frame(data: &[u8]) {
+    let normal = transport::normal_frame_limit(sealkv_kv::SizeLimits::default().max_entry_bytes);
+    let (all, end) = read_frames(data, transport::MAX_SNAPSHOT_FRAME);
+    assert!(all.len() * 4 <= data.len());
+    match &end {
+        None => {}
+        Some(transport::FrameError::Io(e)) => check_io_error(e),
+        Some(transport::FrameError::NotAMessage(_)) => {}
+        Some(transport::FrameError::TooLarge { len }) => {
+            assert!(*len > transport::MAX_SNAPSHOT_FRAME);
+        }
+        Some(e) => panic!("a frame read without an idle timeout failed with {e}"),
+    }
+    for message in all.iter().flatten() {
+        let bytes = message.write_to_bytes().expect("a decoded message encodes");
+        let again = Message::parse_from_bytes(&bytes).expect("an encoded message decodes");
+        let again_bytes = again.write_to_bytes().expect("a decoded message encodes");
+        assert_eq!(
+            again_bytes.len(),
+            bytes.len(),
+            "re-encoding changed the size"
+        );
+        assert_eq!(
+            known_fields(again),
+            known_fields(message.clone()),
+            "raft message changed through encode and decode"
+        );
+    }
+    for limit in [normal, 64] {
+        let (some, small_end) = read_frames(data, limit);
+        assert_eq!(
+            some,
+            all.get(..some.len())
+                .expect("no more frames under a smaller limit"),
+            "under a limit of {limit}"
+        );
+        match small_end {
+            Some(transport::FrameError::TooLarge { len }) => assert!(len > limit),
+            small_end => {
+                assert_eq!(some.len(), all.len(), "under a limit of {limit}");
+                assert_eq!(
+                    small_end.is_some(),
+                    end.is_some(),
+                    "under a limit of {limit}"
+                );
             }
         }
     }

@@ -4,12 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use redis_protocol::resp2::types::BytesFrame;
 use redis_protocol::tokio_util::codec::Encoder as _;
 use sealkv_kv::{Command, KvRequest, PutCondition, Reply, UserError};
 use sealkv_node::resp::{
-    ApiError, Backend, Clock, CommandCodec, Config, InfoSnapshot, Limits, ReadConsistency,
-    ValueRead,
+    ApiError, Backend, Clock, CommandCodec, Config, Frame, InfoSnapshot, Limits, Protocol,
+    ReadConsistency, ValueRead,
 };
 
 /// The fixed wall clock of the server and the backend: 2023-11-14T22:13:20Z.
@@ -172,20 +171,62 @@ thread_local! {
 }
 
 /// Whether a reply frame survives the wire: simple strings and errors hold no CR or
-/// LF, and arrays nest only replies that do.
-fn check_frame(frame: &BytesFrame) {
+/// LF, and aggregates nest only replies that do.
+fn check_frame(frame: &Frame) {
     match frame {
-        BytesFrame::SimpleString(text) => assert!(
+        Frame::Simple(text) => assert!(
             !text.iter().any(|b| *b == b'\r' || *b == b'\n'),
             "simple string with a line break: {frame:?}"
         ),
-        BytesFrame::Error(text) => assert!(
+        Frame::Error(text) => assert!(
             !text.contains(['\r', '\n']),
             "error with a line break: {frame:?}"
         ),
-        BytesFrame::Array(items) => items.iter().for_each(check_frame),
-        _ => {}
+        Frame::Array(items) | Frame::Set(items) => items.iter().for_each(check_frame),
+        Frame::Map(pairs) => pairs.iter().for_each(|(k, v)| {
+            check_frame(k);
+            check_frame(v);
+        }),
+        Frame::Int(_) | Frame::Bulk(_) | Frame::Null | Frame::Verbatim(_) => {}
     }
+}
+
+/// Encodes `frame` as the connection would in `protocol`, and checks that
+/// redis-protocol's decoder for that protocol reads back exactly the frame the
+/// reply table maps it to, with nothing after it.
+fn check_wire(frame: &Frame, protocol: Protocol, limits: Limits) {
+    let mut encoder = CommandCodec::new(limits);
+    encoder.set_protocol(protocol);
+    let mut wire = redis_protocol::bytes::BytesMut::new();
+    encoder
+        .encode(frame.clone(), &mut wire)
+        .expect("a reply encodes");
+    match protocol {
+        Protocol::Resp2 => {
+            let decoded = redis_protocol::resp2::decode::decode_bytes_mut(&mut wire)
+                .expect("an encoded reply decodes")
+                .expect("an encoded reply is complete");
+            assert_eq!(
+                decoded.0,
+                frame.clone().into_resp2(),
+                "a RESP2 reply changed on the wire"
+            );
+        }
+        Protocol::Resp3 => {
+            let decoded = redis_protocol::resp3::decode::complete::decode_bytes_mut(&mut wire)
+                .expect("an encoded reply decodes")
+                .expect("an encoded reply is complete");
+            assert_eq!(
+                decoded.0,
+                frame.clone().into_resp3(),
+                "a RESP3 reply changed on the wire"
+            );
+        }
+    }
+    assert!(
+        wire.is_empty(),
+        "the encoded {protocol:?} reply {frame:?} has trailing bytes {wire:?}"
+    );
 }
 
 /// See [`resp_commands`](fn@crate::resp_commands).
@@ -213,22 +254,11 @@ pub fn run(data: &[u8]) {
         None => commands.len() + usize::from(error.is_some()),
     };
     assert_eq!(replies.len(), expected, "one reply per command");
-    // Each reply goes through the connection's own encoder and back through
-    // redis-protocol's decoder, as a client would read it.
-    let mut encoder = CommandCodec::new(limits);
-    for frame in &replies {
+    // Each reply goes through the connection's own encoder, in the protocol the
+    // connection spoke when it answered, and back through redis-protocol's decoder
+    // for that protocol, as a client would read it.
+    for (protocol, frame) in &replies {
         check_frame(frame);
-        let mut wire = redis_protocol::bytes::BytesMut::new();
-        encoder
-            .encode(frame.clone(), &mut wire)
-            .expect("a reply encodes");
-        let decoded = redis_protocol::resp2::decode::decode_bytes_mut(&mut wire)
-            .expect("an encoded reply decodes")
-            .expect("an encoded reply is complete");
-        assert_eq!(&decoded.0, frame, "a reply changed on the wire");
-        assert!(
-            wire.is_empty(),
-            "the encoded reply {frame:?} has trailing bytes {wire:?}"
-        );
+        check_wire(frame, *protocol, limits);
     }
 }

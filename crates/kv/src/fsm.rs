@@ -418,6 +418,12 @@ impl KvFsm {
         if index > self.store.applied_index()? {
             self.store.install_snapshot(data)?;
         }
+        // Fail point: the store holds the snapshot's rows, and neither the state
+        // machine nor the keyring (the sidecar) has taken them in yet. Startup
+        // finishes the install from the pending-snapshot file.
+        fail_point!("kv::install-snapshot", |_| Err(HaltCause::Storage(
+            injected("install snapshot", "kv::install-snapshot")
+        )));
         self.reload_applied_index()?;
         self.adopt_snapshot_keys()
     }
@@ -600,6 +606,12 @@ impl KvFsm {
                     .as_ref()
                     .ok_or(HaltCause::NoEncryption(op))?;
                 let applied = applier.apply(entry.index, op, payload)?;
+                // Fail point: the applier wrote its registry rows (and the sidecar),
+                // and this entry's applied index is not written yet; a restart
+                // replays the entry. `return` fails the batch as a write error would.
+                fail_point!("kv::before-applied-index", |_| Err(HaltCause::Storage(
+                    injected("commit batch", "kv::before-applied-index")
+                )));
                 // The cluster-wide key state rides in the state machine's metadata,
                 // committed with this entry's applied index, so that a snapshot
                 // carries the keys (see `adopt_snapshot_keys`).
@@ -917,6 +929,16 @@ impl Reader {
             true
         })?;
         Ok(count)
+    }
+}
+
+/// The engine error a fail point's `return` action injects into `op` (feature
+/// `failpoints`).
+#[cfg(feature = "failpoints")]
+fn injected(op: &'static str, fail_point: &'static str) -> StoreError {
+    StoreError::Backend {
+        op,
+        source: Box::new(std::io::Error::other(format!("fail point {fail_point}"))),
     }
 }
 

@@ -16,6 +16,10 @@
 //! | POST   | `/v1/encryption/enable-envelope` | `{"envelope":"storage"}` or `"raft"` |
 //! | GET    | `/v1/encryption/writers/{id}` | on the leader, after a ReadIndex barrier: `{"rows": [{"dek_id", "last_seen_local_epoch"}]}` of node `id` |
 //!
+//! A test build with the `failpoints` feature adds `/v1/failpoints` and
+//! `/v1/test/propose-raw` (see `crate::failpoints`) and a `failpoints` field in
+//! `/status`; a release build has neither.
+//!
 //! The mutating encryption routes answer 412 Precondition Failed unless the node
 //! runs with encryption enabled and a KEK loaded. They run on the leader only, one
 //! at a time, after a Raft ReadIndex barrier: a follower forwards the request to the
@@ -74,6 +78,10 @@ pub struct Status {
     pub addresses: Addresses,
     /// The binary's version.
     pub version: &'static str,
+    /// The armed fail points, `name=actions`. Present only in a test build with
+    /// the `failpoints` feature, so a test can tell it runs a binary that has them.
+    #[cfg(feature = "failpoints")]
+    pub failpoints: Vec<String>,
 }
 
 /// Body of `POST /v1/cluster/nodes`.
@@ -160,7 +168,7 @@ pub struct EncryptionStatus {
 
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/health", get(health))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
@@ -172,15 +180,17 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/encryption/rotate-dek", post(encryption_rotate))
         .route("/v1/encryption/register-writer", post(encryption_register))
         .route("/v1/encryption/enable-envelope", post(encryption_enable))
-        .route("/v1/encryption/writers/{id}", get(encryption_writers))
-        .with_state(state)
+        .route("/v1/encryption/writers/{id}", get(encryption_writers));
+    #[cfg(feature = "failpoints")]
+    let router = crate::failpoints::routes(router);
+    router.with_state(state)
 }
 
 fn error(code: StatusCode, message: impl Into<String>) -> Response {
     (code, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
-fn propose_error(e: &ProposeError) -> Response {
+pub(crate) fn propose_error(e: &ProposeError) -> Response {
     let code = match e {
         ProposeError::NoLeader
         | ProposeError::Halted(_)
@@ -215,6 +225,8 @@ async fn status(State(state): State<AdminState>) -> Json<Status> {
         raft: state.raft.status(),
         addresses: state.addresses.clone(),
         version: env!("CARGO_PKG_VERSION"),
+        #[cfg(feature = "failpoints")]
+        failpoints: crate::failpoints::armed(),
     })
 }
 

@@ -1,20 +1,39 @@
-//! The CLI's client of the admin endpoint (`sealkv status`, `sealkv cluster ...`).
+//! The CLI's client of the admin endpoint (`sealkv status`, `sealkv cluster ...`),
+//! also used by a node to forward an operation to the leader's endpoint.
+//!
+//! Plain HTTP, or HTTPS with a client certificate once [`use_tls`] was called: the
+//! CLI with `--certs-dir` (a `client-NAME` certificate), a node started with
+//! `--certs-dir` (its node certificate). One process speaks as one identity.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+/// The TLS every admin request of this process uses; unset: plain HTTP.
+static TLS: OnceLock<ureq::tls::TlsConfig> = OnceLock::new();
+
+/// Makes every later admin request of this process HTTPS, verified against the
+/// CA in `tls` and with its client certificate. The first call wins; call it once,
+/// before any request.
+pub fn use_tls(tls: ureq::tls::TlsConfig) {
+    let _ = TLS.set(tls);
+}
+
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
+    let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(15)))
-        .build()
-        .into()
+        .timeout_global(Some(Duration::from_secs(15)));
+    if let Some(tls) = TLS.get() {
+        config = config.tls_config(tls.clone());
+    }
+    config.build().into()
 }
 
 fn url(admin_addr: &str, path: &str) -> String {
-    format!("http://{admin_addr}{path}")
+    let scheme = if TLS.get().is_some() { "https" } else { "http" };
+    format!("{scheme}://{admin_addr}{path}")
 }
 
 fn answer(
@@ -22,8 +41,14 @@ fn answer(
     what: &str,
     response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> anyhow::Result<Value> {
-    let mut response = response
-        .with_context(|| format!("{what}: reach admin endpoint {admin_addr} (--admin-addr)"))?;
+    let hint = if TLS.get().is_none() {
+        " (a node started with --certs-dir speaks HTTPS: give --certs-dir too)"
+    } else {
+        ""
+    };
+    let mut response = response.with_context(|| {
+        format!("{what}: reach admin endpoint {admin_addr} (--admin-addr){hint}")
+    })?;
     let code = response.status();
     let body = response
         .body_mut()

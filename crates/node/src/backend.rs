@@ -137,6 +137,12 @@ fn read_error(e: ReadError) -> ApiError {
 
 impl Backend for NodeBackend {
     async fn write(&self, request: KvRequest) -> Result<Vec<Reply>, ApiError> {
+        // A halted node says so first: an encrypted node restarted onto the entry it
+        // halts on never gets its registration applied, and would otherwise answer
+        // TRYAGAIN (retry shortly) forever instead of HALTED (needs an operator).
+        if let Some(halt) = self.raft.status().halted {
+            return Err(ApiError::Halted(halt.to_string()));
+        }
         let data = self.encode(&request)?;
         match self.raft.propose(data).await.map_err(api_error)? {
             Outcome::Kv(replies) => Ok(replies),

@@ -14,6 +14,7 @@ use sealkv_encryption::kek::{
 use sealkv_kv::SizeLimits;
 use sealkv_node::consensus::PeerBook;
 use sealkv_node::encryption::EncryptionConfig;
+use sealkv_node::resp::Password;
 use sealkv_node::startup::{self, Config, RaftTuning};
 use sealkv_node::{admin_client, startup::Opened};
 use zeroize::Zeroizing;
@@ -25,7 +26,9 @@ use zeroize::Zeroizing;
 /// operations over HTTP. With no flags it runs a single-node cluster in
 /// ./sealkv-data with Redis on 127.0.0.1:6379. With --encryption-enabled and a KEK
 /// (--kek-file, or SEALKV_KEK_BASE64) every stored value and Raft payload is
-/// encrypted; `sealkv kek generate PATH` makes a KEK.
+/// encrypted; `sealkv kek generate PATH` makes a KEK. With --certs-dir (see `sealkv
+/// certs`) peers speak mutual TLS, the Redis port TLS and the admin port HTTPS with
+/// client certificates.
 #[derive(Debug, Parser)]
 #[command(name = "sealkv", version, about, long_about)]
 struct Cli {
@@ -51,10 +54,11 @@ enum Cmd {
         /// Print the JSON document instead of a summary.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tls: ClientTls,
     },
     /// Change the cluster's membership through any node's admin endpoint.
-    #[command(subcommand)]
-    Cluster(ClusterCmd),
+    Cluster(ClusterArgs),
     /// Manage the key-encryption key (KEK).
     #[command(subcommand)]
     Kek(KekCmd),
@@ -62,8 +66,99 @@ enum Cmd {
     ///
     /// The mutating verbs are refused (412 Precondition Failed) unless the node runs
     /// with --encryption-enabled and a KEK.
+    Encryption(EncryptionArgs),
+    /// Make the certificates of `--certs-dir`: a CA, node and client certificates.
+    ///
+    /// A node certificate binds its node id as the DNS name `node-N.sealkv.invalid`;
+    /// peers check it against the id a connection claims. Keys are ECDSA P-256 with
+    /// mode 0600; nothing is ever overwritten. Copy `ca.crt` and a node's
+    /// `node-N.crt` and `node-N.key` to that node, never `ca.key`.
     #[command(subcommand)]
-    Encryption(EncryptionCmd),
+    Certs(CertsCmd),
+}
+
+/// TLS to the admin endpoint, for every subcommand that talks to it.
+#[derive(Debug, clap::Args)]
+struct ClientTls {
+    /// Speak HTTPS to the admin endpoint, trusting this dir's `ca.crt` and
+    /// presenting the client certificate `client-NAME.crt` (see --cert-name). Needed
+    /// when the node runs with --certs-dir.
+    #[arg(long, global = true, env = "SEALKV_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
+    /// Which client certificate of --certs-dir to present: `client-NAME.crt` and
+    /// `client-NAME.key` (`sealkv certs client --name NAME`).
+    #[arg(long, global = true, env = "SEALKV_CERT_NAME", default_value = "admin")]
+    cert_name: String,
+}
+
+impl ClientTls {
+    /// Makes this process's admin requests HTTPS when --certs-dir is given.
+    fn apply(&self) -> anyhow::Result<()> {
+        if let Some(dir) = &self.certs_dir {
+            let tls = sealkv_node::tls::cli_tls(dir, &self.cert_name).with_context(|| {
+                format!(
+                    "load the client certificate from --certs-dir {}",
+                    dir.display()
+                )
+            })?;
+            admin_client::use_tls(tls);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    #[command(subcommand)]
+    cmd: ClusterCmd,
+    #[command(flatten)]
+    tls: ClientTls,
+}
+
+#[derive(Debug, clap::Args)]
+struct EncryptionArgs {
+    #[command(subcommand)]
+    cmd: EncryptionCmd,
+    #[command(flatten)]
+    tls: ClientTls,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCmd {
+    /// Make a CA: `ca.crt` and `ca.key` (mode 0600) in --certs-dir, created when
+    /// missing. Keep `ca.key` off the nodes: it signs new certificates.
+    Init {
+        /// Where the certificates live.
+        #[arg(long)]
+        certs_dir: PathBuf,
+    },
+    /// Make node N's certificate and key, `node-N.crt` and `node-N.key`, signed by the
+    /// CA in --certs-dir. It names `node-N.sealkv.invalid` (the id peers check) and
+    /// every host in --hosts.
+    Node {
+        /// Where the certificates live (the CA's dir).
+        #[arg(long)]
+        certs_dir: PathBuf,
+        /// The node's id.
+        #[arg(long)]
+        id: u64,
+        /// Host names and IP addresses clients and peers reach the node by, comma
+        /// separated: Redis clients and admin requests check the name they connect
+        /// to against these.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+        hosts: Vec<String>,
+    },
+    /// Make a client certificate, `client-NAME.crt` and `client-NAME.key`, signed by
+    /// the CA in --certs-dir: for the CLI and admin tools (`--certs-dir DIR
+    /// --cert-name NAME`), and optionally for Redis clients.
+    Client {
+        /// Where the certificates live (the CA's dir).
+        #[arg(long)]
+        certs_dir: PathBuf,
+        /// The client's name (ASCII letters, digits, '-' and '_').
+        #[arg(long, default_value = "admin")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,6 +336,27 @@ struct StartArgs {
     /// the data dir (`sealkv kek generate PATH` writes one).
     #[arg(long, env = "SEALKV_KEK_FILE")]
     kek_file: Option<PathBuf>,
+    /// Require Redis clients to authenticate (`AUTH password`, `AUTH default
+    /// password` or `HELLO 3 AUTH default password`) with the password in this file:
+    /// one line, a trailing newline ignored, owner-only permissions (chmod 600). Read
+    /// once at startup and never logged. Without it, no password is asked.
+    #[arg(long, env = "SEALKV_REDIS_PASSWORD_FILE")]
+    redis_password_file: Option<PathBuf>,
+    /// Allow --raft-addr, --redis-addr and --admin-addr to be non-loopback addresses
+    /// without --certs-dir. Without TLS any process that reaches those ports can read
+    /// and write data, change membership, and speak for a peer on the Raft port (peer
+    /// messages are still checked, so a crafted one is dropped, not a crash). Without
+    /// this flag or --certs-dir a non-loopback address is refused.
+    #[arg(long, env = "SEALKV_INSECURE")]
+    insecure: bool,
+    /// Turn TLS on with the certificates in this dir (`sealkv certs`): `ca.crt`,
+    /// `node-N.crt` and `node-N.key` for this node's id. Peers speak mutual TLS and
+    /// must present a certificate of the same CA naming the id they claim; the Redis
+    /// port speaks TLS (a client certificate optional); the admin port speaks HTTPS
+    /// and requires a client certificate of the CA. Non-loopback addresses are then
+    /// allowed.
+    #[arg(long, env = "SEALKV_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
 }
 
 /// Reads the KEK from `SEALKV_KEK_BASE64`, overwrites its value in the environment
@@ -283,10 +399,15 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Cmd::Start(args) => start(&args, env_kek),
-        Cmd::Status { admin_addr, json } => status(&admin_addr, json),
-        Cmd::Cluster(cmd) => cluster(cmd),
+        Cmd::Status {
+            admin_addr,
+            json,
+            tls,
+        } => tls.apply().and_then(|()| status(&admin_addr, json)),
+        Cmd::Cluster(args) => args.tls.apply().and_then(|()| cluster(args.cmd)),
         Cmd::Kek(KekCmd::Generate { path }) => kek_generate(&path),
-        Cmd::Encryption(cmd) => encryption(cmd),
+        Cmd::Encryption(args) => args.tls.apply().and_then(|()| encryption(args.cmd)),
+        Cmd::Certs(cmd) => certs(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -334,6 +455,49 @@ fn refuse_kek_in_data_dir(kek: &Path, data_dir: &Path) -> anyhow::Result<()> {
             kek.display(),
             data.display()
         );
+    }
+    Ok(())
+}
+
+fn certs(cmd: CertsCmd) -> anyhow::Result<()> {
+    use sealkv_node::tls;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        CertsCmd::Init { certs_dir } => {
+            tls::init_ca(&certs_dir).context("make a CA")?;
+            writeln!(
+                out,
+                "wrote {} and {} (mode 0600); keep the CA key off the nodes",
+                certs_dir.join(tls::CA_CERT).display(),
+                certs_dir.join(tls::CA_KEY).display()
+            )?;
+        }
+        CertsCmd::Node {
+            certs_dir,
+            id,
+            hosts,
+        } => {
+            tls::make_node(&certs_dir, id, &hosts)
+                .with_context(|| format!("make node {id}'s certificate"))?;
+            writeln!(
+                out,
+                "wrote {} and {} (mode 0600) for node {id}, names {} and {}",
+                tls::node_cert_path(&certs_dir, id).display(),
+                tls::node_key_path(&certs_dir, id).display(),
+                tls::node_name(id),
+                hosts.join(",")
+            )?;
+        }
+        CertsCmd::Client { certs_dir, name } => {
+            tls::make_client(&certs_dir, &name)
+                .with_context(|| format!("make client {name}'s certificate"))?;
+            writeln!(
+                out,
+                "wrote {} and {} (mode 0600)",
+                tls::client_cert_path(&certs_dir, &name).display(),
+                tls::client_key_path(&certs_dir, &name).display()
+            )?;
+        }
     }
     Ok(())
 }
@@ -424,11 +588,29 @@ fn start(
             max_entry_bytes: args.max_entry_bytes,
         },
         encryption,
+        redis_password: args
+            .redis_password_file
+            .as_deref()
+            .map(|path| Password::from_file(path).map(Arc::new))
+            .transpose()
+            .context("load --redis-password-file")?,
+        insecure: args.insecure,
+        tls: args
+            .certs_dir
+            .as_deref()
+            .map(|dir| sealkv_node::tls::NodeTls::load(dir, args.id))
+            .transpose()
+            .context("load the node's certificates from --certs-dir")?,
     };
+    if let Some(tls) = &config.tls {
+        // Operations forwarded to the leader's admin endpoint speak as this node.
+        admin_client::use_tls(tls.admin_client.clone());
+    }
     config.sizes.validate().map_err(anyhow::Error::msg)?;
     if config.id == 0 {
         anyhow::bail!("--id 0 is not a valid node id");
     }
+    arm_failpoints()?;
     let opened = Opened::open(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -451,6 +633,28 @@ fn start(
         tracing::info!("shutting down");
         running.shutdown().await
     })
+}
+
+/// A test build (feature `failpoints`) arms the fail points `FAILPOINTS` names
+/// before anything is opened, and says that it has fail points; any other build has
+/// none to arm.
+#[cfg(feature = "failpoints")]
+fn arm_failpoints() -> anyhow::Result<()> {
+    let armed = sealkv_node::failpoints::arm_from_env()?;
+    tracing::warn!(
+        ?armed,
+        "this is a test build with fail points (feature failpoints)"
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[allow(clippy::unnecessary_wraps)]
+fn arm_failpoints() -> anyhow::Result<()> {
+    if std::env::var_os("FAILPOINTS").is_some() {
+        tracing::warn!("FAILPOINTS is set, but this build has no fail points: ignored");
+    }
+    Ok(())
 }
 
 /// Waits for SIGINT or SIGTERM, or for the Raft driver to stop on its own.

@@ -1,5 +1,5 @@
 //! The node's Prometheus metrics: Raft state, proposals, apply latency, halts,
-//! snapshots and compactions, and encryption (decrypt failures by reason, envelopes
+//! snapshots and compactions, failed Redis authentications, peer messages and connections refused, and encryption (decrypt failures by reason, envelopes
 //! sealed per key, active key ids, sidecar index). `GET /metrics` on the admin
 //! endpoint serves them in the Prometheus text format.
 
@@ -29,6 +29,8 @@ pub struct Metrics {
     pub snapshots_installed: IntCounter,
     /// Log compactions.
     pub compactions: IntCounter,
+    /// Failed Redis authentication attempts (`AUTH`, `HELLO ... AUTH`).
+    pub auth_failures: IntCounter,
     role: IntGaugeVec,
     term: IntGauge,
     commit_index: IntGauge,
@@ -38,6 +40,12 @@ pub struct Metrics {
     leader_id: IntGauge,
     /// Values or Raft payloads that failed to decrypt, by reason.
     pub decrypt_failures: IntCounterVec,
+    /// Peer messages dropped before Raft stepped them, by reason
+    /// (`consensus::DropReason::label`).
+    pub peer_messages_dropped: IntCounterVec,
+    /// Inbound peer connections the transport refused or closed, by reason
+    /// (`consensus::transport::CloseReason::label`).
+    pub peer_connections_closed: IntCounterVec,
     encryptions: IntGaugeVec,
     active_key: IntGaugeVec,
     sidecar_index: IntGauge,
@@ -89,6 +97,22 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(decrypt_failures.clone()))?;
+        let peer_messages_dropped = IntCounterVec::new(
+            Opts::new(
+                "sealkv_peer_messages_dropped_total",
+                "Raft messages from peers dropped before Raft stepped them, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(peer_messages_dropped.clone()))?;
+        let peer_connections_closed = IntCounterVec::new(
+            Opts::new(
+                "sealkv_peer_connections_closed_total",
+                "Inbound Raft peer connections refused or closed by this node, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(peer_connections_closed.clone()))?;
         let encryptions = IntGaugeVec::new(
             Opts::new(
                 "sealkv_encryptions",
@@ -107,6 +131,8 @@ impl Metrics {
         registry.register(Box::new(active_key.clone()))?;
         Ok(Metrics {
             decrypt_failures,
+            peer_messages_dropped,
+            peer_connections_closed,
             encryptions,
             active_key,
             sidecar_index: gauge(
@@ -140,6 +166,11 @@ impl Metrics {
                 &registry,
                 "sealkv_log_compactions_total",
                 "Raft log compactions",
+            )?,
+            auth_failures: counter(
+                &registry,
+                "sealkv_auth_failures_total",
+                "Failed Redis authentication attempts (AUTH, HELLO AUTH)",
             )?,
             role,
             term: gauge(&registry, "sealkv_raft_term", "Current Raft term")?,
@@ -219,12 +250,17 @@ mod tests {
     fn renders_every_metric() {
         let m = Metrics::new().expect("metrics");
         m.proposals.inc();
+        m.peer_messages_dropped
+            .with_label_values(&["empty_proposal"])
+            .inc();
         let text = m.render();
         for name in [
             "sealkv_proposals_total 1",
             "sealkv_apply_seconds_bucket",
             "sealkv_halted 0",
             "sealkv_raft_term",
+            "sealkv_auth_failures_total 0",
+            "sealkv_peer_messages_dropped_total{reason=\"empty_proposal\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -48,6 +48,14 @@ pub struct Config {
     pub sizes: sealkv_kv::SizeLimits,
     /// Encryption: whether it is enabled, and the KEK.
     pub encryption: EncryptionConfig,
+    /// The Redis `default` user's password (`--redis-password-file`); `None`: no
+    /// authentication.
+    pub redis_password: Option<Arc<crate::resp::Password>>,
+    /// `--insecure`: bind non-loopback addresses without TLS ([`check_exposure`]).
+    pub insecure: bool,
+    /// `--certs-dir`: mutual TLS between peers, TLS on the Redis port and HTTPS
+    /// with client certificates on the admin port; `None`: plain TCP everywhere.
+    pub tls: Option<crate::tls::NodeTls>,
 }
 
 /// The first steps, up to the state machine: what exists before Raft starts.
@@ -88,6 +96,7 @@ impl Opened {
     pub fn open(config: &Config) -> anyhow::Result<Opened> {
         let db_dir = config.data_dir.join("db");
         tracing::info!(node = config.id, data_dir = %config.data_dir.display(), "starting");
+        check_exposure(config)?;
 
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
@@ -253,12 +262,24 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         );
     }
     let metrics = Arc::new(Metrics::new().context("register metrics")?);
+    let max_entry_bytes = config.sizes.max_entry_bytes + sealkv_kv::WRAP_OVERHEAD;
+    let election_timeout = config
+        .raft
+        .tick
+        .saturating_mul(u32::try_from(config.raft.election_ticks).unwrap_or(u32::MAX));
+    let mut transport_config = transport::TransportConfig::new(max_entry_bytes, election_timeout);
+    transport_config.tls = config.tls.as_ref().map(|tls| transport::PeerTls {
+        acceptor: tls.raft_acceptor.clone(),
+        connector: tls.raft_connector.clone(),
+    });
     let transport = transport::Transport::new(
         config.id,
         transport::Announce {
             redis: config.redis_addr.clone(),
             admin: config.admin_addr.clone(),
         },
+        transport_config,
+        Arc::clone(&metrics),
         tokio::runtime::Handle::current(),
     );
     let fsm_reader = fsm.reader();
@@ -279,7 +300,7 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
             id: config.id,
             data_dir: config.data_dir.clone(),
             tuning: config.raft.clone(),
-            max_entry_bytes: config.sizes.max_entry_bytes + sealkv_kv::WRAP_OVERHEAD,
+            max_entry_bytes,
             apply_gate: apply_gate.clone(),
         },
         log,
@@ -312,11 +333,11 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
     };
     let mut tasks = Vec::new();
     {
-        let raft = raft.clone();
+        let inbox: Arc<dyn transport::Inbox> = Arc::new(raft.clone());
         let transport = Arc::clone(&transport);
         let stop = until_stop(stopped.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = transport::serve(raft_listener, transport, raft, stop).await {
+            if let Err(e) = transport::serve(raft_listener, transport, inbox, stop).await {
                 tracing::error!("raft listener failed: {e}");
             }
         }));
@@ -334,6 +355,9 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         let stop = until_stop(stopped.clone());
         let resp_config = crate::resp::Config {
             sizes: config.sizes,
+            password: config.redis_password.clone(),
+            auth_failures: Some(metrics.auth_failures.clone()),
+            tls: config.tls.as_ref().map(|tls| Arc::clone(&tls.redis_server)),
             ..crate::resp::Config::default()
         };
         tasks.push(tokio::spawn(async move {
@@ -381,9 +405,26 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
             encryption: control,
         });
         let stop = until_stop(stopped.clone());
+        let admin_tls = config.tls.as_ref().map(|tls| tls.admin_acceptor.clone());
         tasks.push(tokio::spawn(async move {
-            let served = axum::serve(admin_listener, app).with_graceful_shutdown(stop);
-            if let Err(e) = served.await {
+            let served = match admin_tls {
+                None => {
+                    axum::serve(admin_listener, app)
+                        .with_graceful_shutdown(stop)
+                        .await
+                }
+                Some(acceptor) => {
+                    match crate::tls::TlsListener::new(admin_listener, acceptor, "admin") {
+                        Ok(listener) => {
+                            axum::serve(listener, app)
+                                .with_graceful_shutdown(stop)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::error!("admin listener failed: {e}");
             }
         }));
@@ -403,6 +444,54 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         addresses,
         _opened_lock: _lock,
     })
+}
+
+/// Refuses a `--raft-addr`, `--redis-addr` or `--admin-addr` that is not a loopback
+/// address unless the node has TLS (`--certs-dir`) or `--insecure` is given, naming
+/// the first such flag in one line: without TLS nothing that reaches those ports is
+/// authenticated (DESIGN.md §11, "Trust"). With `--insecure` it warns once, naming
+/// every exposed address; with TLS it warns when the Redis port is exposed without a
+/// password (a Redis client needs no certificate).
+///
+/// # Errors
+/// A non-loopback address without TLS or `--insecure`.
+pub fn check_exposure(config: &Config) -> anyhow::Result<()> {
+    let exposed: Vec<(&str, &str)> = [
+        ("--raft-addr", config.raft_addr.as_str()),
+        ("--redis-addr", config.redis_addr.as_str()),
+        ("--admin-addr", config.admin_addr.as_str()),
+    ]
+    .into_iter()
+    .filter(|(_, addr)| !is_loopback(addr))
+    .collect();
+    let Some((flag, addr)) = exposed.first() else {
+        return Ok(());
+    };
+    if config.tls.is_some() {
+        if config.redis_password.is_none() && !is_loopback(&config.redis_addr) {
+            tracing::warn!(
+                redis = %config.redis_addr,
+                "the redis port is exposed and asks no password: a redis client needs no \
+                 certificate, so any process that reaches it can read and write data; give \
+                 --redis-password-file"
+            );
+        }
+        return Ok(());
+    }
+    if !config.insecure {
+        bail!(
+            "{flag} {addr} is not a loopback address, and without TLS any process that reaches \
+             it can read and write data or disrupt the cluster: bind to 127.0.0.1, give \
+             --certs-dir to turn TLS on, or pass --insecure to accept that"
+        );
+    }
+    let exposed: Vec<String> = exposed.iter().map(|(f, a)| format!("{f} {a}")).collect();
+    tracing::warn!(
+        exposed = %exposed.join(", "),
+        "--insecure: serving on non-loopback addresses without TLS; any process that reaches \
+         them can read and write data, change membership, and claim a peer's id on the raft port"
+    );
+    Ok(())
 }
 
 /// Whether `addr` (`host:port`) names a loopback host.
@@ -456,7 +545,68 @@ impl Running {
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback;
+    use super::*;
+
+    fn config(raft: &str, redis: &str, admin: &str, insecure: bool) -> Config {
+        Config {
+            data_dir: PathBuf::from("unused"),
+            id: 1,
+            raft_addr: raft.to_string(),
+            redis_addr: redis.to_string(),
+            admin_addr: admin.to_string(),
+            peers: PeerBook::default(),
+            join: false,
+            raft: RaftTuning {
+                tick: Duration::from_millis(100),
+                election_ticks: 10,
+                heartbeat_ticks: 2,
+                compact_threshold: 10,
+                compact_keep: 1,
+                request_timeout: Duration::from_secs(1),
+            },
+            sizes: sealkv_kv::SizeLimits::default(),
+            encryption: EncryptionConfig {
+                enabled: false,
+                kek: None,
+            },
+            redis_password: None,
+            insecure,
+            tls: None,
+        }
+    }
+
+    /// Loopback everywhere starts; any other address needs --insecure, and the
+    /// refusal is one line naming the first exposed flag and --insecure.
+    #[test]
+    fn exposure_needs_insecure() {
+        let lo = "127.0.0.1:1";
+        assert!(check_exposure(&config(lo, "localhost:2", "[::1]:3", false)).is_ok());
+        for (raft, redis, admin, flag) in [
+            ("0.0.0.0:1", lo, lo, "--raft-addr 0.0.0.0:1"),
+            (lo, "10.1.2.3:2", lo, "--redis-addr 10.1.2.3:2"),
+            (lo, lo, "[::]:3", "--admin-addr [::]:3"),
+            ("node1:1", "node1:2", lo, "--raft-addr node1:1"),
+        ] {
+            let err = check_exposure(&config(raft, redis, admin, false))
+                .expect_err("refused")
+                .to_string();
+            assert!(err.starts_with(flag), "{err}");
+            assert!(err.contains("--insecure") && !err.contains('\n'), "{err}");
+            assert!(check_exposure(&config(raft, redis, admin, true)).is_ok());
+        }
+    }
+
+    /// With TLS (`--certs-dir`) a non-loopback address starts without --insecure.
+    #[test]
+    fn exposure_with_tls_needs_no_insecure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::tls::init_ca(dir.path()).expect("ca");
+        crate::tls::make_node(dir.path(), 1, &[]).expect("node 1");
+        let mut tls = config("0.0.0.0:1", "10.1.2.3:2", "[::]:3", false);
+        assert!(check_exposure(&tls).is_err());
+        tls.tls = Some(crate::tls::NodeTls::load(dir.path(), 1).expect("load"));
+        assert!(check_exposure(&tls).is_ok());
+    }
 
     #[test]
     fn loopback_addresses() {

@@ -89,6 +89,9 @@ pub(crate) struct Record<'a> {
 pub(crate) struct Decoded<'a> {
     /// Every row, in dump order.
     pub(crate) records: Vec<Record<'a>>,
+    /// The applied index among the `meta` rows (the last one, if a dump repeats it:
+    /// installing writes the rows in order).
+    pub(crate) applied_index: u64,
 }
 
 fn corrupt(reason: String) -> StoreError {
@@ -230,7 +233,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>> {
         return Err(corrupt(format!("unknown version {version}")));
     }
     let mut records = Vec::new();
-    let mut has_applied_index = false;
+    let mut applied_index = None;
     loop {
         let id = r.u8("cf_id")?;
         if id == END_MARKER {
@@ -245,8 +248,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>> {
         let key = r.blob("key")?;
         let value = r.blob("value")?;
         if *cf == CF_META && key == APPLIED_INDEX_KEY {
-            decode_applied_index(value)?;
-            has_applied_index = true;
+            applied_index = Some(decode_applied_index(value)?);
         }
         records.push(Record { cf, key, value });
     }
@@ -263,8 +265,22 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded<'_>> {
             r.rest.len()
         )));
     }
-    if !has_applied_index {
+    let Some(applied_index) = applied_index else {
         return Err(corrupt("no applied index in the meta rows".to_string()));
-    }
-    Ok(Decoded { records })
+    };
+    Ok(Decoded {
+        records,
+        applied_index,
+    })
+}
+
+/// Checks a snapshot's data as [`RocksStore::install_snapshot`](crate::RocksStore::install_snapshot)
+/// would, without writing anything, and returns the applied index it carries: a node
+/// checks a peer's snapshot this way before Raft takes it, so data that would not
+/// install is dropped instead of stopping the node midway.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] on every defect `install_snapshot` refuses.
+pub fn snapshot_applied_index(data: &[u8]) -> Result<u64> {
+    decode(data).map(|decoded| decoded.applied_index)
 }

@@ -71,6 +71,17 @@
 
 #![deny(clippy::indexing_slicing, clippy::panic)]
 
+/// A fail point (tikv's fail-rs) named `$name`, compiled in only with the test-only
+/// `failpoints` feature; in any other build it is nothing. `$on_return` is what the
+/// `return` action makes the enclosing function return (an injected I/O error);
+/// `panic` models a crash at that point.
+macro_rules! fail_point {
+    ($name:literal, $on_return:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, $on_return);
+    };
+}
+
 mod batch;
 #[cfg(feature = "testing")]
 pub mod conformance;
@@ -83,6 +94,7 @@ mod registry;
 mod rocks;
 
 pub use batch::{BatchOp, WriteBatch};
+pub use dump::snapshot_applied_index;
 #[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryStore;
 pub use raftlog::{RaftLog, RaftLogError};
@@ -145,6 +157,16 @@ pub enum StoreError {
 
 /// Result of a storage operation.
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The engine error a fail point's `return` action injects into `op` (feature
+/// `failpoints`): what a failed RocksDB write looks like to the callers.
+#[cfg(feature = "failpoints")]
+pub(crate) fn injected(op: &'static str, fail_point: &'static str) -> StoreError {
+    StoreError::Backend {
+        op,
+        source: Box::new(std::io::Error::other(format!("fail point {fail_point}"))),
+    }
+}
 
 /// The state machine's storage: versioned user values and the applied index.
 ///

@@ -507,6 +507,11 @@ impl RaftLog {
         if let Some(hs) = hard_state {
             wb.put_cf(raft_cf, HARD_STATE_KEY, encode("hard state", hs)?);
         }
+        // Fail point: a Ready's entries and hard state are about to be written.
+        // `return` makes the synced write fail as a RocksDB error would.
+        fail_point!("raftlog::persist", |_| Err(RaftLogError::Store(
+            crate::injected("persist raft entries", "raftlog::persist")
+        )));
         self.write_synced(wb, "persist raft entries")?;
         state.last_index = last_index;
         if let Some(hs) = hard_state {

@@ -300,6 +300,13 @@ impl KvStore for RocksStore {
                 index.to_be_bytes(),
             );
         }
+        // Fail point: the state machine's batch (user values, metadata rows and the
+        // applied index) is about to be written. `return` makes the write fail as
+        // a RocksDB error would.
+        fail_point!("store::commit", |_| Err(crate::injected(
+            "commit batch",
+            "store::commit"
+        )));
         self.db
             .write_opt(wb, &self.write_options())
             .map_err(|e| backend("commit batch", e))

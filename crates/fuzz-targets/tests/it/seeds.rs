@@ -14,7 +14,7 @@ use sealkv_encryption::registry::{WriterKey, WriterRecord};
 use sealkv_encryption::sidecar::{self, ActiveKeys, Sidecar, SidecarKey};
 use sealkv_fsmwire::RegistrationPayload;
 use sealkv_kv::{Command, KvRequest, PutCondition};
-use sealkv_node::consensus::transport::{Announce, encode_hello};
+use sealkv_node::consensus::transport::{Announce, Hello, Lane};
 use sealkv_store::mvcc::{StoredValue, physical_key};
 use sealkv_testkit::{Value, cases, hex, load, name};
 
@@ -287,17 +287,51 @@ fn announce(redis: &str, admin: &str) -> Announce {
 
 fn hello_seeds(seeds: &mut Seeds) {
     let hellos = [
-        ("hello", 1, announce("127.0.0.1:6379", "127.0.0.1:9090")),
-        ("hello-no-addresses", u64::MAX, announce("", "")),
+        (
+            "hello",
+            1,
+            Lane::Normal,
+            announce("127.0.0.1:6379", "127.0.0.1:9090"),
+        ),
+        (
+            "hello-snapshot-lane",
+            3,
+            Lane::Snapshot,
+            announce("127.0.0.1:6381", "127.0.0.1:9092"),
+        ),
+        (
+            "hello-no-addresses",
+            u64::MAX,
+            Lane::Normal,
+            announce("", ""),
+        ),
         (
             "hello-long-address",
             2,
+            Lane::Snapshot,
             announce(&"a".repeat(255), "[::1]:1"),
         ),
     ];
-    for (name, id, a) in hellos {
-        add(seeds, "transport_hello", name, encode_hello(id, &a));
+    for (name, sender, lane, announce) in hellos {
+        let hello = Hello {
+            sender,
+            lane,
+            announce,
+        };
+        add(seeds, "transport_hello", name, hello.encode());
     }
+    // Refusals: the version before lanes, and a lane byte that names none.
+    let mut v3 = Hello {
+        sender: 1,
+        lane: Lane::Normal,
+        announce: announce("127.0.0.1:6379", ""),
+    }
+    .encode();
+    v3[4] = 3;
+    add(seeds, "transport_hello", "refused-version-3", v3.clone());
+    v3[4] = 4;
+    v3[13] = 2;
+    add(seeds, "transport_hello", "refused-lane-2", v3);
 }
 
 fn frame(message: &raft::prelude::Message) -> Vec<u8> {
@@ -399,6 +433,14 @@ fn frame_seeds(seeds: &mut Seeds) {
         "empty-message",
         frame(&Message::default()),
     );
+    // Version 4's keepalives (frames of length 0) between messages.
+    let keepalive = [0u8; 4];
+    let mut stream = keepalive.to_vec();
+    stream.extend(frame(&heartbeat));
+    stream.extend(keepalive);
+    stream.extend(keepalive);
+    stream.extend(frame(&vote));
+    add(seeds, "transport_frame", "keepalives", stream);
 }
 
 fn resp_seeds(seeds: &mut Seeds) {
@@ -504,6 +546,22 @@ fn resp_command_seeds(seeds: &mut Seeds) {
                 &["NOSUCH", "a\r\nb"],
                 &["QUIT"],
                 &["PING"],
+            ],
+        ),
+        (
+            "resp3",
+            &[
+                &["HELLO", "3"],
+                &["INCRBY", "n", "999999999999999"],
+                &["GET", "missing"],
+                &["MGET", "n", "missing"],
+                &["CONFIG", "GET", "maxmemory"],
+                &["COMMAND", "INFO", "get"],
+                &["INFO", "server"],
+                &["CLIENT", "INFO"],
+                &["HELLO"],
+                &["HELLO", "2"],
+                &["GET", "missing"],
             ],
         ),
         (

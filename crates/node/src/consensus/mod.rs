@@ -1,5 +1,7 @@
 //! Consensus: the raft-rs driver that owns the Raft node and the state machine, and
-//! the TCP transport that carries Raft messages between nodes.
+//! the TCP transport that carries Raft messages between nodes. A peer's message
+//! passes the transport's connection rules and the driver's checks
+//! ([`DropReason`]) before raft-rs sees it.
 //!
 //! The driver runs on its own OS thread (RocksDB's synced writes block), takes
 //! requests over a bounded channel and publishes its status; everything async talks
@@ -8,12 +10,14 @@
 mod context;
 mod driver;
 mod peers;
+mod throttle;
 pub mod transport;
 
 pub use context::ProposalContext;
+pub(crate) use driver::MAX_SIZE_PER_MSG;
 pub use driver::{
-    DriverConfig, DriverError, NodeHalt, ProposeError, RaftHandle, RaftStatus, RaftTuning, Role,
-    recover_pending_snapshot, single_change, spawn,
+    DriverConfig, DriverError, DropReason, NodeHalt, ProposeError, RaftHandle, RaftStatus,
+    RaftTuning, Role, recover_pending_snapshot, single_change, spawn,
 };
 pub use peers::PeerBook;
 

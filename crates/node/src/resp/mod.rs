@@ -1,10 +1,12 @@
-//! The data API: a RESP2 (Redis protocol) server in front of a [`Backend`].
+//! The data API: a Redis-protocol server (RESP2 and RESP3) in front of a
+//! [`Backend`].
 //!
-//! Ordinary Redis clients (`redis-cli`, redis-rs, redis-py, go-redis in RESP2 mode)
-//! talk to a sealkv node through [`serve`]. The server parses commands, turns each
-//! into reads or one [`KvRequest`](sealkv_kv::KvRequest) for the backend, and
-//! answers with Redis's reply shapes and error texts. It knows nothing of Raft: the
-//! node's Raft driver implements [`Backend`], and the two meet only there.
+//! Ordinary Redis clients (`redis-cli`, redis-rs, redis-py, go-redis) talk to a
+//! sealkv node through [`serve`]. The server parses commands, turns each into reads
+//! or one [`KvRequest`](sealkv_kv::KvRequest) for the backend, and answers with
+//! Redis's reply shapes and error texts. It knows nothing of Raft: the node's Raft
+//! driver implements [`Backend`], and the two meet only there. A connection is
+//! served over any `AsyncRead + AsyncWrite` stream; [`serve`] accepts TCP.
 //!
 //! # Commands
 //!
@@ -20,15 +22,67 @@
 //! | `TTL key`, `PTTL key` | `-2` missing, `-1` no expiry |
 //! | `DBSIZE` | |
 //! | `INFO [section ...]` | sections `server`, `replication` (`default`, `all`, `everything` give both) |
-//! | `COMMAND`, `COMMAND COUNT \| LIST \| INFO \| DOCS \| HELP` | `DOCS` answers an empty array |
-//! | `CLIENT SETNAME \| GETNAME \| SETINFO \| ID \| HELP` | |
+//! | `COMMAND`, `COMMAND COUNT \| LIST \| INFO \| DOCS \| HELP` | `DOCS` answers an empty map |
+//! | `CLIENT SETNAME \| GETNAME \| SETINFO \| ID \| INFO \| HELP` | `SETINFO LIB-NAME\|LIB-VER` is kept per connection and shown by `CLIENT INFO` |
+//! | `CONFIG GET parameter` | answers no parameters; `CONFIG SET` and the rest are refused |
 //! | `SELECT 0` | only database 0 exists |
-//! | `HELLO [2] [SETNAME name]` | `HELLO 3` answers `-NOPROTO` |
+//! | `HELLO [2 \| 3 [AUTH username password] [SETNAME name]]` | below |
+//! | `AUTH [username] password` | below |
 //! | `READONLY`, `READWRITE` | the read-consistency switch, below |
-//! | `AUTH` | refused: sealkv has no passwords yet |
 //! | `QUIT` | `+OK`, then the connection closes |
 //!
 //! Anything else answers `ERR unknown command '...', with args beginning with: ...`.
+//!
+//! # Protocols: RESP2 and RESP3
+//!
+//! Every connection starts in RESP2, and stays there unless the client sends
+//! `HELLO 3`. `HELLO 2` and `HELLO 3` switch the connection and answer Redis 7's
+//! server map (`server` `redis`, `version` `7.0.0`, `proto`, `id`, `mode`
+//! `standalone`, `role` `master` on the Raft leader and `replica` elsewhere,
+//! `modules` empty) in the new protocol; `HELLO` alone answers it without
+//! switching. Any other version is `-NOPROTO unsupported protocol version`.
+//! `server` and `version` say Redis 7.0 because sealkv follows Redis 7.0's replies
+//! and clients read these fields to decide what a server supports; `INFO`'s
+//! `sealkv_version` names sealkv.
+//!
+//! Commands build protocol-neutral replies (`reply::Frame`) and the connection
+//! writes them in its protocol, as Redis's `addReply*` functions do. The replies
+//! that differ, as in Redis 7:
+//!
+//! | reply | commands | RESP3 | RESP2 |
+//! |---|---|---|---|
+//! | null | `GET`, `MGET` elements, `SET ... NX\|XX` not done, `CLIENT GETNAME`, `COMMAND INFO` of an unknown command | `_` | `$-1` |
+//! | map | `HELLO`, `CONFIG GET`, `COMMAND DOCS` | `%` | flat array of keys and values |
+//! | set | `COMMAND` / `COMMAND INFO`: flags, ACL categories, tips, key specs, subcommands | `~` | array |
+//! | verbatim text | `INFO`, `CLIENT INFO` | `=` with format `txt` | bulk string |
+//!
+//! Every other reply (`+OK`, integers, bulk strings, arrays, errors) is the same in
+//! both. No sealkv command answers a double, a boolean or a big number, and none
+//! pushes. redis-py (which opens with `HELLO 3`, then `CLIENT MAINT_NOTIFICATIONS`,
+//! which gets Redis 7's unknown-subcommand error and is optional for redis-py, then
+//! two `CLIENT SETINFO`) and redis-rs in either mode work unchanged.
+//!
+//! # Authentication
+//!
+//! With [`Config::password`] (`--redis-password-file`) set, a connection must
+//! authenticate as Redis's `default` user, the only user, before anything but
+//! `AUTH`, `HELLO` and `QUIT` runs; anything else (`PING` included) answers
+//! `-NOAUTH Authentication required.` once its name and arity have been checked.
+//! `AUTH password`, `AUTH default password` and `HELLO <2|3> AUTH default password`
+//! authenticate; a wrong password or another username is `-WRONGPASS invalid
+//! username-password pair or user is disabled.` and is counted in
+//! [`Config::auth_failures`] and logged, never with the password. `HELLO` without
+//! `AUTH` before authenticating is Redis's `-NOAUTH HELLO must be called with the
+//! client already authenticated, ...`. Until it has authenticated, a client may send
+//! at most [`UNAUTHENTICATED_MAX_ARGS`] arguments of at most
+//! [`UNAUTHENTICATED_MAX_BULK_LEN`] bytes per command (Redis's limits; more is a
+//! protocol error that closes the connection). Passwords are compared in constant
+//! time (see [`Password`]).
+//!
+//! Without a password every connection starts authenticated, `AUTH password` is
+//! Redis's `-ERR AUTH <password> called without any password configured for the
+//! default user. ...`, and `AUTH default <anything>` is `+OK`, as for Redis's
+//! `nopass` default user.
 //!
 //! # Time
 //!
@@ -64,6 +118,7 @@
 //! flushed whenever no further complete command is waiting.
 
 mod args;
+mod auth;
 mod backend;
 mod codec;
 mod commands;
@@ -81,12 +136,19 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+pub use auth::{MAX_PASSWORD_LEN, Password, PasswordError};
 pub use backend::{ApiError, Backend, InfoSnapshot, RaftRole, ReadConsistency, ValueRead};
 /// The connection codec, public for the fuzz targets (`crates/fuzz-targets`); not
 /// part of the API.
 #[doc(hidden)]
 pub use codec::CommandCodec;
-pub use codec::{Limits, MAX_HEADER_LEN, ProtocolError};
+pub use codec::{
+    Limits, MAX_HEADER_LEN, ProtocolError, UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK_LEN,
+};
+/// The protocol-neutral reply, public for the fuzz targets; not part of the API.
+#[doc(hidden)]
+pub use reply::Frame;
+pub use reply::Protocol;
 
 /// The wall clock the server stamps requests and computes expiries with, in ms
 /// since the Unix epoch. [`Clock::system`] in production; tests may supply their own.
@@ -136,6 +198,15 @@ pub struct Config {
     pub request_timeout: Duration,
     /// The wall clock.
     pub clock: Clock,
+    /// The password of the `default` user (`--redis-password-file`). With one, a
+    /// connection must authenticate before any command but `AUTH`, `HELLO` and
+    /// `QUIT`; without, every connection starts authenticated.
+    pub password: Option<Arc<Password>>,
+    /// Counts failed authentication attempts (`sealkv_auth_failures_total`).
+    pub auth_failures: Option<prometheus::IntCounter>,
+    /// TLS (`--certs-dir`): every connection starts with a handshake (a client
+    /// certificate optional); `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -146,6 +217,9 @@ impl Default for Config {
             max_clients: 10_000,
             request_timeout: Duration::from_secs(30),
             clock: Clock::system(),
+            password: None,
+            tls: None,
+            auth_failures: None,
         }
     }
 }
@@ -155,54 +229,96 @@ struct Shared<B> {
     backend: Arc<B>,
     config: Config,
     started: Instant,
-    port: u16,
+    /// The listening address (`CLIENT INFO`'s `laddr`, `INFO`'s `tcp_port`).
+    local: std::net::SocketAddr,
     next_client_id: AtomicU64,
 }
 
 /// Runs a client's bytes through a connection's steps without a socket: the codec
-/// frames each command, the command table runs it against `backend`, and the reply
-/// frames come back in order. The input ends at the first protocol error (answered
-/// as a connection answers it), at `QUIT`, or where a command is incomplete. Public
-/// for the fuzz targets (`crates/fuzz-targets`); not part of the API.
+/// frames each command, the command table runs it against `backend` on one session,
+/// and the replies come back in order, each with the protocol the connection would
+/// write it in (`HELLO 3` switches from the next reply on, as it does on a socket).
+/// The input ends at the first protocol error (answered as a connection answers
+/// it), at `QUIT`, or where a command is incomplete. Public for the fuzz targets
+/// (`crates/fuzz-targets`); not part of the API.
 #[doc(hidden)]
 pub async fn run_commands<B: Backend>(
     backend: Arc<B>,
     config: Config,
     input: &[u8],
-) -> Vec<redis_protocol::resp2::types::BytesFrame> {
+) -> Vec<(Protocol, Frame)> {
     use redis_protocol::tokio_util::codec::Decoder as _;
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 50000));
     let shared = Shared {
         backend,
         config,
         started: Instant::now(),
-        port: 0,
+        local: std::net::SocketAddr::from(([127, 0, 0, 1], 6379)),
         next_client_id: AtomicU64::new(2),
     };
-    let mut codec = CommandCodec::new(shared.config.limits);
     let mut session = connection::Session {
         id: 1,
+        peer,
+        since: Instant::now(),
         name: None,
+        lib_name: None,
+        lib_ver: None,
         consistency: ReadConsistency::Linearizable,
+        protocol: Protocol::Resp2,
+        authenticated: shared.config.password.is_none(),
+        auth_failures: 0,
     };
+    let mut codec = CommandCodec::new(shared.config.limits);
+    codec.set_authenticated(session.authenticated);
     let mut src = redis_protocol::bytes::BytesMut::from(input);
     let mut replies = Vec::new();
     loop {
         match codec.decode(&mut src) {
             Ok(Some(args)) => {
                 let (frame, flow) = commands::execute(&shared, &mut session, args).await;
-                replies.push(frame);
+                codec.set_protocol(session.protocol);
+                codec.set_authenticated(session.authenticated);
+                replies.push((session.protocol, frame));
                 if flow == commands::Flow::Close {
                     break;
                 }
             }
             Ok(None) => break,
             Err(e) => {
-                replies.push(reply::error(format!("ERR Protocol error: {e}")));
+                let error = reply::error(format!("ERR Protocol error: {e}"));
+                replies.push((session.protocol, error));
                 break;
             }
         }
     }
     replies
+}
+
+/// Serves one accepted connection: the TLS handshake first when the server has TLS
+/// (one that fails is logged and closed), then its commands, or only the refusal
+/// when no client slot was free.
+async fn serve_one<B: Backend>(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    id: u64,
+    admitted: bool,
+    shared: &Shared<B>,
+) {
+    match &shared.config.tls {
+        None if admitted => connection::run(stream, peer, id, shared).await,
+        None => connection::refuse(stream, peer).await,
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
+            let Some(stream) = crate::tls::handshake(&acceptor, stream, peer, "redis").await else {
+                return;
+            };
+            if admitted {
+                connection::run(stream, peer, id, shared).await;
+            } else {
+                connection::refuse(stream, peer).await;
+            }
+        }
+    }
 }
 
 /// Serves the Redis protocol on `listener` with the default [`Config`] until
@@ -240,7 +356,7 @@ pub async fn serve_with<B: Backend>(
         backend,
         config,
         started: Instant::now(),
-        port: local.port(),
+        local,
         next_client_id: AtomicU64::new(1),
     });
     let (stop, stopped) = watch::channel(false);
@@ -264,19 +380,21 @@ pub async fn serve_with<B: Backend>(
                         continue;
                     }
                 };
+                // Replies are already batched per pipeline; Nagle would only add
+                // latency.
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(%peer, "set TCP_NODELAY: {e}");
+                }
                 let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
                 let slot = Arc::clone(&slots).try_acquire_owned().ok();
                 let shared = Arc::clone(&shared);
                 let mut stopped = stopped.clone();
                 connections.spawn(async move {
-                    let Some(_slot) = slot else {
-                        connection::refuse(stream, peer).await;
-                        return;
-                    };
                     tokio::select! {
                         _ = stopped.wait_for(|stop| *stop) => {}
-                        () = connection::run(stream, peer, id, &shared) => {}
+                        () = serve_one(stream, peer, id, slot.is_some(), &shared) => {}
                     }
+                    drop(slot);
                 });
             }
         }

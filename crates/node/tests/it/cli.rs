@@ -99,6 +99,56 @@ fn busy_listen_address_names_the_flag() {
     assert!(last.contains("--redis-addr"), "{stderr}");
 }
 
+/// A password file that is missing, empty, more than one line or readable by
+/// others is refused at startup in one line that names the flag and the file, and
+/// never shows the file's content.
+#[test]
+fn bad_password_files_name_the_flag() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: &[(&str, &[u8], u32, &str)] = &[
+        ("empty", b"\n", 0o600, "is empty"),
+        ("lines", b"hunter2\nhunter3\n", 0o600, "more than one line"),
+        (
+            "shared",
+            b"hunter2\n",
+            0o644,
+            "has mode 0644, want owner-only",
+        ),
+    ];
+    let mut files: Vec<(std::path::PathBuf, &str)> = cases
+        .iter()
+        .map(|(name, content, mode, want)| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).expect("chmod");
+            (path, *want)
+        })
+        .collect();
+    files.push((dir.path().join("missing"), "read password file"));
+    for (path, want) in files {
+        let node = Node::new(dir.path(), 1, &[]);
+        let (ok, _, stderr) = run(sealkv()
+            .args(["start", "--data-dir"])
+            .arg(&node.data_dir)
+            .arg("--redis-password-file")
+            .arg(&path));
+        assert!(!ok, "{} accepted", path.display());
+        let last = stderr.lines().last().expect("an error line");
+        assert!(
+            last.starts_with("sealkv: load --redis-password-file"),
+            "{stderr}"
+        );
+        assert!(last.contains(&path.display().to_string()), "{stderr}");
+        assert!(last.contains(want), "{stderr}");
+        assert!(!stderr.contains("hunter"), "the password leaked: {stderr}");
+        assert!(
+            !node.data_dir.exists(),
+            "started before checking the password"
+        );
+    }
+}
+
 /// `sealkv status` against nothing says which flag to fix.
 #[test]
 fn status_without_a_node_names_the_flag() {
@@ -130,6 +180,9 @@ fn help_is_honest() {
         "--encryption-enabled",
         "--kek-file",
         "SEALKV_KEK_BASE64",
+        "--redis-password-file",
+        "SEALKV_REDIS_PASSWORD_FILE",
+        "--insecure",
     ] {
         assert!(stdout.contains(flag), "{flag} missing: {stdout}");
     }

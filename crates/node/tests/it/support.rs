@@ -247,6 +247,15 @@ impl Node {
             .map(|(_, b)| b)
             .unwrap_or_default()
     }
+
+    /// The value of one metric series, `name{labels}` as the exposition writes it;
+    /// 0 when it is absent (a counter nothing incremented yet).
+    pub fn metric(&self, series: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
 }
 
 impl Drop for Node {
@@ -347,6 +356,20 @@ impl Cluster {
             .find(|n| n.id != id && n.status().is_some())
             .map(|n| n.id)
             .expect("another running node")
+    }
+}
+
+impl Drop for Cluster {
+    /// A failing test keeps the nodes' data dirs and logs (`nodeN.log`) for a
+    /// post-mortem, and says where they are.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "cluster kept in {} (node logs: nodeN.log)",
+                self.dir.path().display()
+            );
+        }
     }
 }
 

@@ -813,6 +813,10 @@ fn snapshot_round_trip_into_a_fresh_store() {
     assert_eq!((m.index, m.term), (5, 2));
     assert_eq!(m.get_conf_state(), &voters(&[1, 2, 3]));
 
+    assert_eq!(
+        sealkv_store::snapshot_applied_index(&snap.data).expect("check the dump"),
+        5
+    );
     let b = target();
     b.store.install_snapshot(&snap.data).expect("install");
     // The log is untouched until its metadata is applied.
@@ -898,6 +902,10 @@ fn hand_built_dump_installs() {
     dump.push(0);
     dump.extend_from_slice(&3u64.to_be_bytes());
     push_checksum(&mut dump);
+    assert_eq!(
+        sealkv_store::snapshot_applied_index(&dump).expect("check the dump"),
+        9
+    );
     b.store.install_snapshot(&dump).expect("install");
     assert_eq!(b.store.applied_index().expect("applied"), 9);
     assert_eq!(body(&b.store, b"x"), Some(b"y".to_vec()));
@@ -919,7 +927,16 @@ fn assert_target_unchanged(b: &Node) {
     );
 }
 
-fn assert_corrupt_dump(result: sealkv_store::Result<()>, case: &str) {
+/// Refused by the install, and by the check a node runs before Raft takes a
+/// snapshot (`snapshot_applied_index`) alike.
+fn assert_corrupt_dump(store: &RocksStore, dump: &[u8], case: &str) {
+    let checked = sealkv_store::snapshot_applied_index(dump).map(|_| ());
+    for result in [checked, store.install_snapshot(dump)] {
+        assert_corrupt(result, case);
+    }
+}
+
+fn assert_corrupt(result: sealkv_store::Result<()>, case: &str) {
     match result {
         Err(StoreError::Corrupt {
             what: "snapshot dump" | "applied index",
@@ -938,7 +955,8 @@ fn truncated_dump_is_refused_at_every_offset() {
     let b = target();
     for cut in 0..data.len() {
         assert_corrupt_dump(
-            b.store.install_snapshot(&data[..cut]),
+            &b.store,
+            &data[..cut],
             &format!("cut at {cut} of {}", data.len()),
         );
     }
@@ -1019,7 +1037,7 @@ fn malformed_dumps_are_refused() {
 
     let b = target();
     for (case, dump) in &cases {
-        assert_corrupt_dump(b.store.install_snapshot(dump), case);
+        assert_corrupt_dump(&b.store, dump, case);
     }
     assert_target_unchanged(&b);
 }

@@ -1,11 +1,18 @@
 //! What the driver refuses before Raft sees it: a client's proposal it would not
-//! append, a peer's forwarded proposal no replica should apply, and a leader's
-//! message that shows this node lost state it acknowledged.
+//! append, a peer's message that fails [`validate::check`], a forwarded proposal no
+//! replica should apply, and a leader's message that shows this node lost state it
+//! acknowledged.
 
-use raft::prelude::{Entry, Message, MessageType};
+use std::time::Instant;
 
+use protobuf::Message as _;
+use raft::StateRole;
+use raft::prelude::{ConfChangeV2, Entry, EntryType, Message, MessageType};
+
+use super::validate::{self, DropReason, View};
 use super::{Driver, DriverError, ProposeError};
 use crate::consensus::context::ProposalContext;
+use crate::consensus::transport::Origin;
 
 impl Driver {
     pub(super) fn refuse(&self) -> Option<ProposeError> {
@@ -34,49 +41,137 @@ impl Driver {
         })
     }
 
-    /// Checks a message from a peer before Raft steps it: `Ok(false)` drops it.
+    /// Decides whether raft-rs may step a message a peer sent from `origin`:
+    /// `Ok(true)` steps it, `Ok(false)` drops it (counted in
+    /// `sealkv_peer_messages_dropped_total{reason}` and logged, at most one line
+    /// per reason per 10 s).
     ///
     /// A heartbeat whose commit index is beyond this node's log would make raft-rs
-    /// panic. From the leader this node follows (or the first leader it hears from
-    /// after a start) it means the leader holds entries this node acknowledged and
-    /// lost ([`DriverError::LostState`]). From another node while it follows a
-    /// known leader (a new leader knows nothing this node acknowledged, so it never
-    /// sends one) it is a crafted message: dropped and logged. A heartbeat,
-    /// append or snapshot of the current term that passes is the contact with a
-    /// leader that lets this node apply its log (see `contact`).
-    pub(super) fn check_contact(&mut self, message: &Message) -> Result<bool, DriverError> {
-        let from_leader = matches!(
-            message.get_msg_type(),
-            MessageType::MsgHeartbeat | MessageType::MsgAppend | MessageType::MsgSnapshot
-        );
-        if !from_leader || message.term < self.raw.raft.term {
-            return Ok(true);
-        }
-        let last_index = self.raw.raft.raft_log.last_index();
-        if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > last_index {
+    /// panic. From the leader this node follows (or from any node while it knows no
+    /// leader, as after a start) it means the leader holds entries this node
+    /// acknowledged and lost ([`DriverError::LostState`]). From another node while it
+    /// follows a known leader (a new leader knows nothing this node acknowledged, so
+    /// it never sends one) it is a crafted message: dropped. A heartbeat, append or
+    /// snapshot of the current term that passes is the contact with a leader that
+    /// lets this node apply its log (see `contact`).
+    pub(super) fn admit_peer_message(
+        &mut self,
+        origin: Origin,
+        message: &Message,
+    ) -> Result<bool, DriverError> {
+        let reason = match self.check_peer_message(origin, message) {
+            Ok(()) => {
+                self.note_contact(message);
+                return Ok(true);
+            }
+            Err(reason) => reason,
+        };
+        if let DropReason::CommitPastLog { commit, last_index } = reason
+            && message.get_msg_type() == MessageType::MsgHeartbeat
+        {
             let leader = self.raw.raft.leader_id;
             if message.from == leader || leader == raft::INVALID_ID {
                 return Err(DriverError::LostState {
                     id: self.config.id,
                     leader: message.from,
-                    commit: message.commit,
+                    commit,
                     last_index,
                 });
             }
-            tracing::warn!(
-                from = message.from,
-                term = message.term,
-                commit = message.commit,
-                last_index,
-                "dropped a heartbeat past this node's log from a node it does not follow"
-            );
-            return Ok(false);
         }
-        if !self.contact {
+        if matches!(reason, DropReason::RefusedProposal(_)) {
+            self.metrics.proposals_failed.inc();
+        }
+        self.metrics
+            .peer_messages_dropped
+            .with_label_values(&[reason.label()])
+            .inc();
+        if let Some(held) = self.drop_log.admit(reason.label(), Instant::now()) {
+            tracing::warn!(
+                peer = origin.peer,
+                lane = %origin.lane,
+                kind = ?message.get_msg_type(),
+                term = message.term,
+                reason = reason.label(),
+                held_back = held,
+                "dropped a raft message from a peer: {reason}"
+            );
+        }
+        Ok(false)
+    }
+
+    /// [`validate::check`] against this node's state, then, for a forwarded
+    /// proposal, admission of its entry, and for a snapshot, its data.
+    fn check_peer_message(&self, origin: Origin, message: &Message) -> Result<(), DropReason> {
+        let raft = &self.raw.raft;
+        let known = |id: u64| raft.prs().get(id).is_some() || self.peers.get(id).is_some();
+        let view = View {
+            id: self.config.id,
+            term: raft.term,
+            leader: self.leader(),
+            is_leader: raft.state == StateRole::Leader,
+            last_index: raft.raft_log.last_index(),
+            known: &known,
+        };
+        validate::check(message, origin, &view)?;
+        match message.get_msg_type() {
+            MessageType::MsgPropose => message
+                .get_entries()
+                .iter()
+                .try_for_each(|e| self.admit_forwarded(e, message.from)),
+            MessageType::MsgSnapshot => {
+                let snapshot = message.get_snapshot();
+                let index = snapshot.get_metadata().index;
+                match sealkv_store::snapshot_applied_index(snapshot.get_data()) {
+                    Ok(applied) if applied == index => Ok(()),
+                    Ok(applied) => Err(DropReason::BadSnapshot(format!(
+                        "its data is applied up to index {applied}, its metadata says {index}"
+                    ))),
+                    Err(e) => Err(DropReason::BadSnapshot(format!("its data: {e}"))),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Admits one entry of a proposal `from` forwarded: it carries that node's
+    /// context; a normal entry passes [`Driver::admit`] (and a rotation names its
+    /// proposer); a membership change is one change of the kind sealkv makes that
+    /// passes [`Driver::check_change`].
+    fn admit_forwarded(&self, entry: &Entry, from: u64) -> Result<(), DropReason> {
+        let refused = |e: ProposeError| DropReason::RefusedProposal(e.to_string());
+        forwarded_by(entry, from).map_err(refused)?;
+        match entry.get_entry_type() {
+            EntryType::EntryNormal => self.admit(entry.get_data()).map_err(refused),
+            EntryType::EntryConfChangeV2 => {
+                let change = ConfChangeV2::parse_from_bytes(entry.get_data()).map_err(|e| {
+                    DropReason::RefusedProposal(format!("membership change does not decode: {e}"))
+                })?;
+                if change.get_changes().len() != 1 {
+                    return Err(DropReason::RefusedProposal(format!(
+                        "a membership change of {} nodes; sealkv changes one at a time",
+                        change.get_changes().len()
+                    )));
+                }
+                self.check_change(&change).map_err(refused)
+            }
+            EntryType::EntryConfChange => Err(DropReason::RefusedProposal(
+                "a membership change of the old format; sealkv proposes ConfChangeV2".to_string(),
+            )),
+        }
+    }
+
+    /// A heartbeat, append or snapshot of the current term (or a later one) that
+    /// passed the checks is contact with a leader.
+    fn note_contact(&mut self, message: &Message) {
+        let from_leader = matches!(
+            message.get_msg_type(),
+            MessageType::MsgHeartbeat | MessageType::MsgAppend | MessageType::MsgSnapshot
+        );
+        if from_leader && message.term >= self.raw.raft.term && !self.contact {
             tracing::info!(leader = message.from, "in contact with the leader");
             self.contact = true;
         }
-        Ok(true)
     }
 }
 

@@ -9,6 +9,8 @@ use raft::StateRole;
 use raft::prelude::{ConfChangeV2, ConfState, Message};
 use sealkv_kv::Outcome;
 use serde::Serialize;
+
+use crate::consensus::transport::Origin;
 use tokio::sync::{oneshot, watch};
 
 /// Why this node's state machine halted, as it travels through the driver, its
@@ -169,6 +171,12 @@ pub(super) enum Request {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<Outcome, ProposeError>>,
     },
+    /// A proposal that skips admission (test builds only).
+    #[cfg(feature = "failpoints")]
+    ProposeRaw {
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    },
     ConfChange {
         change: ConfChangeV2,
         reply: oneshot::Sender<Result<ConfState, ProposeError>>,
@@ -179,7 +187,10 @@ pub(super) enum Request {
     Compact {
         reply: oneshot::Sender<Result<u64, ProposeError>>,
     },
-    Step(Box<Message>),
+    Step {
+        origin: Origin,
+        message: Box<Message>,
+    },
     Unreachable(u64),
     SnapshotDone {
         to: u64,
@@ -240,6 +251,19 @@ impl RaftHandle {
         self.ask(|reply| Request::Propose { data, reply }).await
     }
 
+    /// Proposes `data` as it is, skipping admission (the size cap and
+    /// [`KvFsm::admit`](sealkv_kv::KvFsm::admit)), and waits until this node
+    /// applied it: how a test puts an entry every replica halts on into the log.
+    /// Only in test builds (feature `failpoints`). On a follower it is forwarded to
+    /// the leader, whose admission drops it: send it to the leader.
+    ///
+    /// # Errors
+    /// Any [`ProposeError`]; [`ProposeError::Halted`] when the entry halts.
+    #[cfg(feature = "failpoints")]
+    pub async fn propose_raw(&self, data: Vec<u8>) -> Result<Outcome, ProposeError> {
+        self.ask(|reply| Request::ProposeRaw { data, reply }).await
+    }
+
     /// Proposes a membership change and waits until this node applied it.
     ///
     /// # Errors
@@ -295,10 +319,13 @@ impl RaftHandle {
         self.ask(|reply| Request::Compact { reply }).await
     }
 
-    /// Hands a message from a peer to Raft; dropped when the queue is full (Raft
-    /// retransmits).
-    pub fn step(&self, message: Message) {
-        let _ = self.send(Request::Step(Box::new(message)));
+    /// Hands a message a peer sent from `origin` to Raft, which checks it first;
+    /// dropped when the queue is full (Raft retransmits).
+    pub fn step(&self, origin: Origin, message: Message) {
+        let _ = self.send(Request::Step {
+            origin,
+            message: Box::new(message),
+        });
     }
 
     /// Tells Raft a peer could not be reached.

@@ -30,6 +30,7 @@ mod apply;
 mod handle;
 mod membership;
 mod snapshot;
+mod validate;
 mod waiters;
 
 use std::collections::HashMap;
@@ -38,27 +39,30 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use raft::prelude::{ConfState, EntryType, MessageType, SnapshotMetadata};
+use raft::prelude::{ConfState, SnapshotMetadata};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use sealkv_kv::{KvFsm, Outcome};
 use sealkv_store::RaftLog;
 use tokio::sync::watch;
 
-use self::admission::{forwarded_by, proposer_names_itself};
+use self::admission::proposer_names_itself;
 use self::handle::{Request, Shared};
 use self::waiters::{Waiter, fail_all};
 use super::context::ProposalContext;
+use super::throttle::{LOG_WINDOW, Throttle};
 use super::{Outbox, PeerBook};
 use crate::metrics::Metrics;
 
 pub use self::handle::{NodeHalt, ProposeError, RaftHandle, RaftStatus, Role};
 pub use self::membership::single_change;
 pub use self::snapshot::recover_pending_snapshot;
+pub use self::validate::DropReason;
 
 /// The index of the synthetic snapshot a new cluster's log starts from.
 const BOOTSTRAP_INDEX: u64 = 1;
-/// The entry bytes one append message carries (or one larger entry).
-const MAX_SIZE_PER_MSG: u64 = 1024 * 1024;
+/// The entry bytes one append message carries (or one larger entry); the
+/// transport's normal-lane frame limit counts on it.
+pub(crate) const MAX_SIZE_PER_MSG: u64 = 1024 * 1024;
 /// How many requests the driver's queue holds before callers are told it is busy.
 const QUEUE: usize = 16 * 1024;
 
@@ -109,6 +113,10 @@ pub enum DriverError {
     /// raft-rs refused to build the node.
     #[error("start raft node")]
     Raft(#[from] raft::Error),
+    /// The driver thread panicked (a bug, or a test's fail point modelling a
+    /// crash): it stopped where it was, and the node exits.
+    #[error("raft driver panicked: {0}")]
+    Panicked(String),
     /// The node was stopped with a reason (its data dir is an earlier copy).
     #[error("{0}")]
     Refused(String),
@@ -160,6 +168,8 @@ struct Driver {
     /// The last committed entry handed out while `contact` was false; applied
     /// from the log once it is true.
     skipped_to: u64,
+    /// Rate-limits the log lines of dropped peer messages.
+    drop_log: Throttle,
 }
 
 /// Builds the Raft node over `log` and the state machine and starts the driver thread.
@@ -280,6 +290,7 @@ pub fn spawn(
         load_id: super::context::new_load_id(),
         contact: false,
         skipped_to: 0,
+        drop_log: Throttle::new(LOG_WINDOW),
         proposals: HashMap::new(),
         changes: HashMap::new(),
         reads: HashMap::new(),
@@ -289,7 +300,11 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("raft-driver".into())
         .spawn(move || {
-            let result = driver.run(&rx);
+            // A panic stops the driver where it was, as a crash would: nothing of
+            // the Ready in hand is written after it. It is caught only to report it
+            // (status, health) and to answer the waiters; the node then exits.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.run(&rx)))
+                .unwrap_or_else(|panic| Err(DriverError::Panicked(panic_message(&*panic))));
             if let Err(e) = &result {
                 let msg = crate::error_chain(e);
                 tracing::error!("raft driver stopped: {msg}");
@@ -305,6 +320,15 @@ pub fn spawn(
         })
         .map_err(|e| DriverError::Log(Box::new(e)))?;
     Ok((handle, thread))
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 fn log_err(e: impl std::error::Error + Send + Sync + 'static) -> DriverError {
@@ -397,6 +421,18 @@ impl Driver {
                     self.proposals.insert(id, waiter);
                 }
             }
+            #[cfg(feature = "failpoints")]
+            Request::ProposeRaw { data, reply } => {
+                if let Some(e) = self.refuse() {
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
+                let (id, ctx) = self.next_context();
+                let proposed = self.raw.propose(ctx, data);
+                if let Some(waiter) = self.waiter_for(proposed, reply) {
+                    self.proposals.insert(id, waiter);
+                }
+            }
             Request::ConfChange { change, reply } => {
                 if let Some(e) = self.refuse().or_else(|| self.check_change(&change).err()) {
                     let _ = reply.send(Err(e));
@@ -431,31 +467,11 @@ impl Driver {
                 };
                 let _ = reply.send(result);
             }
-            Request::Step(message) => {
+            Request::Step { origin, message } => {
                 if self.halted.is_some() {
                     return Ok(());
                 }
-                if !self.check_contact(&message)? {
-                    return Ok(());
-                }
-                if message.get_msg_type() == MessageType::MsgPropose
-                    && let Some(refused) = message
-                        .get_entries()
-                        .iter()
-                        .filter(|e| e.get_entry_type() == EntryType::EntryNormal)
-                        .find_map(|e| {
-                            self.admit(e.get_data())
-                                .and_then(|()| forwarded_by(e, message.from))
-                                .err()
-                        })
-                {
-                    // A forwarded proposal no replica should apply: never appended.
-                    // Its proposer answers its client itself (it checks the same).
-                    self.metrics.proposals_failed.inc();
-                    tracing::warn!(
-                        from = message.from,
-                        "dropped a forwarded proposal: {refused}"
-                    );
+                if !self.admit_peer_message(origin, &message)? {
                     return Ok(());
                 }
                 if let Err(e) = self.raw.step(*message) {

@@ -1,18 +1,17 @@
 //! The key commands: `TTL` and `PTTL`, `EXPIRE`, and `DBSIZE`.
 
 use redis_protocol::bytes::Bytes;
-use redis_protocol::resp2::types::BytesFrame;
 use sealkv_kv::Command;
 
 use super::{Cx, ERR_NOT_INTEGER};
 use crate::resp::args::parse_i64;
 use crate::resp::backend::Backend;
-use crate::resp::reply::{error, int};
+use crate::resp::reply::{Frame, error, int};
 
 impl<B: Backend> Cx<'_, B> {
     /// `TTL` (`unit_ms` 1000, rounded to the nearest second as Redis does) or
     /// `PTTL` (`unit_ms` 1).
-    pub(super) async fn ttl(&self, key: &Bytes, unit_ms: i64) -> BytesFrame {
+    pub(super) async fn ttl(&self, key: &Bytes, unit_ms: i64) -> Frame {
         let value = match self.read(std::slice::from_ref(key)).await {
             Ok(mut values) => values.pop().flatten(),
             Err(frame) => return frame,
@@ -27,7 +26,7 @@ impl<B: Backend> Cx<'_, B> {
         int(left.saturating_add(unit_ms / 2) / unit_ms)
     }
 
-    pub(super) async fn dbsize(&self) -> BytesFrame {
+    pub(super) async fn dbsize(&self) -> Frame {
         match self
             .call(self.shared.backend.dbsize(self.session.consistency))
             .await
@@ -38,7 +37,7 @@ impl<B: Backend> Cx<'_, B> {
     }
 
     /// `EXPIRE key seconds`, Redis 6: a time at or before now deletes the key.
-    pub(super) async fn expire(&self, key: &Bytes, seconds: &Bytes) -> BytesFrame {
+    pub(super) async fn expire(&self, key: &Bytes, seconds: &Bytes) -> Frame {
         let now = self.now();
         let Some(seconds) = parse_i64(seconds) else {
             return error(ERR_NOT_INTEGER);

@@ -4,6 +4,7 @@
 //! This module holds the table, the dispatch and what every command shares (reads,
 //! writes, errors); each family's commands live in a submodule.
 
+mod auth;
 mod keys;
 mod server;
 mod strings;
@@ -11,7 +12,6 @@ mod strings;
 use std::future::Future;
 
 use redis_protocol::bytes::Bytes;
-use redis_protocol::resp2::types::BytesFrame;
 use sealkv_encryption::registry::is_reserved_key;
 use sealkv_kv::{Command, KvRequest, Reply};
 
@@ -20,7 +20,7 @@ use super::Shared;
 use super::args::parse_i64;
 use super::backend::{ApiError, Backend, ReadConsistency, ValueRead};
 use super::connection::Session;
-use super::reply::{self, array, bulk, error, int, nil, ok, simple};
+use super::reply::{self, Frame, array, bulk, error, int, nil, ok, simple};
 
 /// What the connection does after sending a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,20 +75,26 @@ impl Spec {
         }
     }
 
+    /// Whether an unauthenticated client may run the command (Redis's `no_auth`).
+    fn no_auth(&self) -> bool {
+        self.flags.contains(&"no_auth")
+    }
+
     /// The 10-element `COMMAND` entry of Redis 7 (ACL categories, tips, key specs
-    /// and subcommands left empty).
-    fn frame(&self) -> BytesFrame {
+    /// and subcommands left empty). Flags, categories, tips, key specs and an empty
+    /// subcommand list are sets, as in Redis 7 (RESP3 `~`, RESP2 arrays).
+    fn frame(&self) -> Frame {
         array(vec![
             bulk(self.name),
             int(self.arity),
-            array(self.flags.iter().copied().map(simple).collect()),
+            Frame::Set(self.flags.iter().copied().map(simple).collect()),
             int(self.first_key),
             int(self.last_key),
             int(self.step),
-            array(vec![]),
-            array(vec![]),
-            array(vec![]),
-            array(vec![]),
+            Frame::Set(vec![]),
+            Frame::Set(vec![]),
+            Frame::Set(vec![]),
+            Frame::Set(vec![]),
         ])
     }
 }
@@ -99,15 +105,12 @@ const ALL_KEYS: (i64, i64, i64) = (1, -1, 1);
 const READ: &[&str] = &["readonly", "fast"];
 const WRITE: &[&str] = &["write", "denyoom", "fast"];
 const CONNECTION: &[&str] = &["noscript", "loading", "stale", "fast"];
+/// The flags of the commands an unauthenticated client may run.
+const NO_AUTH: &[&str] = &["noscript", "loading", "stale", "fast", "no_auth"];
 
 /// Every command this server knows, sorted by name.
 pub const COMMANDS: &[Spec] = &[
-    Spec::new(
-        "auth",
-        -2,
-        &["noscript", "loading", "stale", "fast", "no-auth"],
-        NO_KEYS,
-    ),
+    Spec::new("auth", -2, NO_AUTH, NO_KEYS),
     Spec::new("client", -2, &["noscript", "loading", "stale"], NO_KEYS),
     Spec::new("command", -1, &["loading", "stale"], NO_KEYS),
     Spec::new(
@@ -124,12 +127,7 @@ pub const COMMANDS: &[Spec] = &[
     Spec::new("exists", -2, READ, ALL_KEYS),
     Spec::new("expire", 3, &["write", "fast"], ONE_KEY),
     Spec::new("get", 2, READ, ONE_KEY),
-    Spec::new(
-        "hello",
-        -1,
-        &["noscript", "loading", "stale", "fast", "no-auth"],
-        NO_KEYS,
-    ),
+    Spec::new("hello", -1, NO_AUTH, NO_KEYS),
     Spec::new("incr", 2, WRITE, ONE_KEY),
     Spec::new("incrby", 3, WRITE, ONE_KEY),
     Spec::new("info", -1, &["loading", "stale"], NO_KEYS),
@@ -137,7 +135,7 @@ pub const COMMANDS: &[Spec] = &[
     Spec::new("mset", -3, &["write", "denyoom"], (1, -1, 2)),
     Spec::new("ping", -1, &["fast"], NO_KEYS),
     Spec::new("pttl", 2, READ, ONE_KEY),
-    Spec::new("quit", -1, CONNECTION, NO_KEYS),
+    Spec::new("quit", -1, NO_AUTH, NO_KEYS),
     Spec::new("readonly", 1, CONNECTION, NO_KEYS),
     Spec::new("readwrite", 1, CONNECTION, NO_KEYS),
     Spec::new("select", 2, CONNECTION, NO_KEYS),
@@ -146,6 +144,8 @@ pub const COMMANDS: &[Spec] = &[
 ];
 
 const ERR_SYNTAX: &str = "ERR syntax error";
+/// Redis's reply to a command before authentication.
+const ERR_NOAUTH: &str = "NOAUTH Authentication required.";
 const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 /// The state machine's text for the reserved keyspace (`sealkv_kv`), repeated here
 /// for the reads and the `MSET` refused before reaching it. A test checks the two
@@ -153,15 +153,15 @@ const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 const ERR_RESERVED: &str = "ERR key is in the reserved keyspace !encryption|";
 
 /// A reply that ends the command early.
-type Early = BytesFrame;
+type Early = Frame;
 
-fn arity_error(name: &str) -> BytesFrame {
+fn arity_error(name: &str) -> Frame {
     error(format!(
         "ERR wrong number of arguments for '{name}' command"
     ))
 }
 
-fn unknown_subcommand(sub: &[u8], command: &str) -> BytesFrame {
+fn unknown_subcommand(sub: &[u8], command: &str) -> Frame {
     error(format!(
         "ERR unknown subcommand '{}'. Try {} HELP.",
         String::from_utf8_lossy(truncate(sub, 128)),
@@ -175,7 +175,7 @@ fn truncate(bytes: &[u8], max: usize) -> &[u8] {
 
 /// Redis's reply to an unknown command: the name and the first arguments, quoted,
 /// each followed by a space, at most about 128 bytes of them.
-fn unknown_command(name: &[u8], rest: &[Bytes]) -> BytesFrame {
+fn unknown_command(name: &[u8], rest: &[Bytes]) -> Frame {
     let mut listed = Vec::new();
     for arg in rest {
         if listed.len() >= 128 {
@@ -203,7 +203,7 @@ pub async fn execute<B: Backend>(
     shared: &Shared<B>,
     session: &mut Session,
     args: Vec<Bytes>,
-) -> (BytesFrame, Flow) {
+) -> (Frame, Flow) {
     let Some((name, rest)) = args.split_first() else {
         // The codec never yields an empty command; answer as Redis would a bad one.
         return (error("ERR empty command"), Flow::Continue);
@@ -215,19 +215,21 @@ pub async fn execute<B: Backend>(
     if !spec.accepts(args.len()) {
         return (arity_error(spec.name), Flow::Continue);
     }
+    // After the name and arity checks, as in Redis.
+    if !session.authenticated && !spec.no_auth() {
+        return (error(ERR_NOAUTH), Flow::Continue);
+    }
     let mut cx = Cx { shared, session };
     // The arity check above makes every pattern below match its command; the last
     // arm is a safety net for a table entry without a handler.
     let frame = match (spec.name, rest) {
-        ("auth", _) => error(
-            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-        ),
+        ("auth", _) => cx.auth(rest),
         ("client", _) => cx.client(rest),
         ("command", _) => command(rest),
         // sealkv is configured by flags, not CONFIG: GET reports no parameters (so
         // tools such as redis-benchmark that probe it carry on), SET and the rest
         // are refused.
-        ("config", [sub, _, ..]) if sub.eq_ignore_ascii_case(b"get") => array(Vec::new()),
+        ("config", [sub, _, ..]) if sub.eq_ignore_ascii_case(b"get") => Frame::Map(Vec::new()),
         ("config", _) => error(
             "ERR sealkv is configured by its command-line flags; only CONFIG GET is answered, and it reports no parameters",
         ),
@@ -350,7 +352,7 @@ impl<B: Backend> Cx<'_, B> {
     }
 
     /// Proposes one command and returns its reply frame.
-    async fn write_one(&self, now: u64, command: Command) -> BytesFrame {
+    async fn write_one(&self, now: u64, command: Command) -> Frame {
         match self.write(now, vec![command]).await {
             Ok(mut replies) => replies.pop().map_or_else(nil, reply::from_kv),
             Err(frame) => frame,
@@ -381,9 +383,9 @@ mod tests {
             .collect()
     }
 
-    fn err_text(frame: BytesFrame) -> String {
+    fn err_text(frame: Frame) -> String {
         match frame {
-            BytesFrame::Error(s) => s.to_string(),
+            Frame::Error(s) => s.to_string(),
             other => panic!("not an error: {other:?}"),
         }
     }

@@ -1,17 +1,15 @@
 //! The server and connection commands that need more than one line of the dispatch:
-//! `INFO`, `HELLO`, `CLIENT` and `COMMAND`.
+//! `INFO`, `CLIENT` and `COMMAND`.
 
 use redis_protocol::bytes::Bytes;
-use redis_protocol::resp2::types::BytesFrame;
 
 use super::{COMMANDS, Cx, ERR_SYNTAX, Early, Spec, arity_error, truncate, unknown_subcommand};
-use crate::resp::args::parse_i64;
-use crate::resp::backend::{ApiError, Backend, RaftRole};
-use crate::resp::info::{self, REDIS_VERSION, Section, ServerFacts};
-use crate::resp::reply::{array, bulk, error, int, nil, ok, simple};
+use crate::resp::backend::{ApiError, Backend};
+use crate::resp::info::{self, Section, ServerFacts};
+use crate::resp::reply::{Frame, array, bulk, error, int, nil, ok, simple};
 
 impl<B: Backend> Cx<'_, B> {
-    pub(super) async fn info(&self, args: &[Bytes]) -> BytesFrame {
+    pub(super) async fn info(&self, args: &[Bytes]) -> Frame {
         let mut sections = Vec::new();
         if args.is_empty() {
             sections.extend_from_slice(Section::named(b"default"));
@@ -29,77 +27,16 @@ impl<B: Backend> Cx<'_, B> {
             Err(_) => return error(ApiError::Timeout.redis_error()),
         };
         let facts = ServerFacts {
-            port: self.shared.port,
+            port: self.shared.local.port(),
             uptime_s: self.shared.started.elapsed().as_secs(),
             now_ms: self.now(),
         };
-        bulk(info::render(&sections, &facts, &node))
+        // A verbatim text in RESP3, as Redis 7 sends it; a bulk string in RESP2.
+        Frame::Verbatim(info::render(&sections, &facts, &node).into())
     }
 
-    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: RESP2 only.
-    pub(super) async fn hello(&mut self, args: &[Bytes]) -> BytesFrame {
-        let mut name = None;
-        if let Some((version, options)) = args.split_first() {
-            match parse_i64(version) {
-                None => return error("ERR Protocol version is not an integer or out of range"),
-                Some(2) => {}
-                Some(_) => return error("NOPROTO sorry, this protocol version is not supported"),
-            }
-            let mut rest = options;
-            while let Some((option, tail)) = rest.split_first() {
-                match (option.to_ascii_uppercase().as_slice(), tail) {
-                    (b"SETNAME", [value, tail @ ..]) => {
-                        if let Err(frame) = check_name(value, "Client names") {
-                            return frame;
-                        }
-                        name = Some(value.to_vec());
-                        rest = tail;
-                    }
-                    (b"AUTH", [_, _, ..]) => {
-                        return error("ERR AUTH is not supported by sealkv");
-                    }
-                    _ => {
-                        return error(format!(
-                            "ERR Syntax error in HELLO option '{}'",
-                            String::from_utf8_lossy(truncate(option, 128))
-                        ));
-                    }
-                }
-            }
-        }
-        if let Some(name) = name {
-            self.session.name = (!name.is_empty()).then_some(name);
-        }
-        let role = match tokio::time::timeout(
-            self.shared.config.request_timeout,
-            self.shared.backend.info(),
-        )
-        .await
-        {
-            Ok(node) if node.role == RaftRole::Leader => "master",
-            Ok(_) => "replica",
-            Err(_) => return error(ApiError::Timeout.redis_error()),
-        };
-        array(vec![
-            bulk("server"),
-            bulk("redis"),
-            bulk("version"),
-            bulk(REDIS_VERSION),
-            bulk("proto"),
-            int(2),
-            bulk("id"),
-            int(i64::try_from(self.session.id).unwrap_or(i64::MAX)),
-            bulk("mode"),
-            bulk("standalone"),
-            bulk("role"),
-            bulk(role),
-            bulk("modules"),
-            array(vec![]),
-        ])
-    }
-
-    /// `CLIENT SETNAME | GETNAME | SETINFO | ID | HELP`.
-    pub(super) fn client(&mut self, args: &[Bytes]) -> BytesFrame {
+    /// `CLIENT SETNAME | GETNAME | SETINFO | ID | INFO | HELP`.
+    pub(super) fn client(&mut self, args: &[Bytes]) -> Frame {
         let Some((sub, rest)) = args.split_first() else {
             return arity_error("client");
         };
@@ -109,6 +46,7 @@ impl<B: Backend> Cx<'_, B> {
             b"getname" => (0, "client|getname"),
             b"setinfo" => (2, "client|setinfo"),
             b"id" => (0, "client|id"),
+            b"info" => (0, "client|info"),
             b"help" => (0, "client|help"),
             _ => return unknown_subcommand(sub, "client"),
         };
@@ -124,27 +62,17 @@ impl<B: Backend> Cx<'_, B> {
                 ok()
             }
             (b"getname", []) => self.session.name.clone().map_or_else(nil, bulk),
-            (b"setinfo", [attr, value]) => {
-                let known = [&b"lib-name"[..], b"lib-ver"];
-                if !known.contains(&attr.to_ascii_lowercase().as_slice()) {
-                    return error(format!(
-                        "ERR Unrecognized option '{}'",
-                        String::from_utf8_lossy(truncate(attr, 128))
-                    ));
-                }
-                // Validated as Redis does; the values are not kept.
-                match check_name(value, &String::from_utf8_lossy(truncate(attr, 128))) {
-                    Ok(()) => ok(),
-                    Err(frame) => frame,
-                }
-            }
+            (b"setinfo", [attr, value]) => self.set_info(attr, value),
             (b"id", []) => int(i64::try_from(self.session.id).unwrap_or(i64::MAX)),
+            (b"info", []) => Frame::Verbatim(self.client_info().into()),
             _ => help(&[
                 "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
                 "GETNAME",
                 "    Return the name of the current connection.",
                 "ID",
                 "    Return the ID of the current connection.",
+                "INFO",
+                "    Return information about the current client connection.",
                 "SETINFO <option> <value>",
                 "    Set client meta attr. Options are: LIB-NAME, LIB-VER.",
                 "SETNAME <name>",
@@ -154,11 +82,52 @@ impl<B: Backend> Cx<'_, B> {
             ]),
         }
     }
+
+    /// `CLIENT SETINFO LIB-NAME|LIB-VER value`: validated as Redis does and kept on
+    /// the connection (`CLIENT INFO` shows them).
+    fn set_info(&mut self, attr: &Bytes, value: &Bytes) -> Frame {
+        let attr_lower = attr.to_ascii_lowercase();
+        let slot = match attr_lower.as_slice() {
+            b"lib-name" => &mut self.session.lib_name,
+            b"lib-ver" => &mut self.session.lib_ver,
+            _ => {
+                return error(format!(
+                    "ERR Unrecognized option '{}'",
+                    String::from_utf8_lossy(truncate(attr, 128))
+                ));
+            }
+        };
+        if let Err(frame) = check_name(value, &String::from_utf8_lossy(truncate(attr, 128))) {
+            return frame;
+        }
+        *slot = (!value.is_empty()).then(|| value.to_vec());
+        ok()
+    }
+
+    /// `CLIENT INFO`: Redis's one line of `field=value` pairs, with the fields
+    /// sealkv keeps (`db` is always 0; `user` is always `default`).
+    fn client_info(&self) -> String {
+        let text = |v: &Option<Vec<u8>>| {
+            String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned()
+        };
+        let session = &*self.session;
+        format!(
+            "id={} addr={} laddr={} name={} age={} db=0 user=default resp={} lib-name={} lib-ver={}\n",
+            session.id,
+            session.peer,
+            self.shared.local,
+            text(&session.name),
+            session.since.elapsed().as_secs(),
+            session.protocol.number(),
+            text(&session.lib_name),
+            text(&session.lib_ver),
+        )
+    }
 }
 
 /// Redis's rule for client names and library attributes: printable ASCII, no
 /// spaces. An empty value is allowed (it clears a name).
-fn check_name(value: &[u8], what: &str) -> Result<(), Early> {
+pub(super) fn check_name(value: &[u8], what: &str) -> Result<(), Early> {
     if value.iter().all(|b| (b'!'..=b'~').contains(b)) {
         Ok(())
     } else {
@@ -168,12 +137,12 @@ fn check_name(value: &[u8], what: &str) -> Result<(), Early> {
     }
 }
 
-fn help(lines: &[&'static str]) -> BytesFrame {
+fn help(lines: &[&'static str]) -> Frame {
     array(lines.iter().copied().map(simple).collect())
 }
 
 /// `COMMAND [COUNT | LIST | INFO name ... | DOCS ... | HELP]`.
-pub(super) fn command(args: &[Bytes]) -> BytesFrame {
+pub(super) fn command(args: &[Bytes]) -> Frame {
     let Some((sub, rest)) = args.split_first() else {
         return array(COMMANDS.iter().map(Spec::frame).collect());
     };
@@ -194,9 +163,9 @@ pub(super) fn command(args: &[Bytes]) -> BytesFrame {
                 })
                 .collect(),
         ),
-        // sealkv ships no command docs; an empty reply lets redis-cli fall back to
-        // its built-in help.
-        b"docs" => array(vec![]),
+        // sealkv ships no command docs; an empty reply (a map, as in Redis 7) lets
+        // redis-cli fall back to its built-in help.
+        b"docs" => Frame::Map(vec![]),
         b"help" if rest.is_empty() => help(&[
             "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
             "(no subcommand)",
@@ -208,7 +177,7 @@ pub(super) fn command(args: &[Bytes]) -> BytesFrame {
             "INFO [<command-name> ...]",
             "    Return details about the given commands, or all of them.",
             "DOCS [<command-name> ...]",
-            "    Answers an empty array: sealkv ships no command docs.",
+            "    Answers an empty map: sealkv ships no command docs.",
             "HELP",
             "    Print this help.",
         ]),

@@ -2,16 +2,15 @@
 //! `DEL` and the `INCR`/`DECR` family.
 
 use redis_protocol::bytes::Bytes;
-use redis_protocol::resp2::types::BytesFrame;
 use sealkv_kv::{Command, PutCondition, Reply};
 
 use super::{Cx, ERR_NOT_INTEGER, ERR_RESERVED, ERR_SYNTAX, Early, any_reserved, arity_error};
 use crate::resp::args::parse_i64;
 use crate::resp::backend::Backend;
-use crate::resp::reply::{self, array, bulk, error, int, nil, ok};
+use crate::resp::reply::{self, Frame, array, bulk, error, int, nil, ok};
 
 impl<B: Backend> Cx<'_, B> {
-    pub(super) async fn get(&self, key: &Bytes) -> BytesFrame {
+    pub(super) async fn get(&self, key: &Bytes) -> Frame {
         match self.read(std::slice::from_ref(key)).await {
             Ok(mut values) => match values.pop().flatten() {
                 Some(v) => bulk(v.value),
@@ -21,7 +20,7 @@ impl<B: Backend> Cx<'_, B> {
         }
     }
 
-    pub(super) async fn mget(&self, keys: &[Bytes]) -> BytesFrame {
+    pub(super) async fn mget(&self, keys: &[Bytes]) -> Frame {
         match self.read(keys).await {
             Ok(values) => array(
                 values
@@ -33,7 +32,7 @@ impl<B: Backend> Cx<'_, B> {
         }
     }
 
-    pub(super) async fn exists(&self, keys: &[Bytes]) -> BytesFrame {
+    pub(super) async fn exists(&self, keys: &[Bytes]) -> Frame {
         match self.read(keys).await {
             Ok(values) => {
                 let live = values.iter().filter(|v| v.is_some()).count();
@@ -43,7 +42,7 @@ impl<B: Backend> Cx<'_, B> {
         }
     }
 
-    pub(super) async fn set(&self, args: &[Bytes]) -> BytesFrame {
+    pub(super) async fn set(&self, args: &[Bytes]) -> Frame {
         let now = self.now();
         let (key, value, options) = match args {
             [key, value, options @ ..] => (key, value, options),
@@ -62,7 +61,7 @@ impl<B: Backend> Cx<'_, B> {
         self.write_one(now, command).await
     }
 
-    pub(super) async fn mset(&self, args: &[Bytes]) -> BytesFrame {
+    pub(super) async fn mset(&self, args: &[Bytes]) -> Frame {
         if !args.len().is_multiple_of(2) {
             return arity_error("mset");
         }
@@ -88,13 +87,13 @@ impl<B: Backend> Cx<'_, B> {
         }
     }
 
-    pub(super) async fn del(&self, keys: &[Bytes]) -> BytesFrame {
+    pub(super) async fn del(&self, keys: &[Bytes]) -> Frame {
         let now = self.now();
         let keys = keys.iter().map(|k| k.to_vec()).collect();
         self.write_one(now, Command::Delete { keys }).await
     }
 
-    pub(super) async fn incr_by(&self, key: &Bytes, delta: Result<i64, Early>) -> BytesFrame {
+    pub(super) async fn incr_by(&self, key: &Bytes, delta: Result<i64, Early>) -> Frame {
         let delta = match delta {
             Ok(delta) => delta,
             Err(frame) => return frame,

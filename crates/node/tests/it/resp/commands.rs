@@ -461,8 +461,8 @@ fn command_client_and_hello() {
     ));
     assert_eq!(ok(&mut con, &["CLIENT", "GETNAME"]), bulk("named"));
     assert_eq!(
-        err(&mut con, &["HELLO", "3"]),
-        "NOPROTO sorry, this protocol version is not supported"
+        err(&mut con, &["HELLO", "4"]),
+        "NOPROTO unsupported protocol version"
     );
     assert_eq!(
         err(&mut con, &["HELLO", "two"]),
@@ -472,7 +472,7 @@ fn command_client_and_hello() {
         err(&mut con, &["HELLO", "2", "BOGUS"]),
         "ERR Syntax error in HELLO option 'BOGUS'"
     );
-    // Still RESP2 after the refused HELLO 3.
+    // Still RESP2 after the refused HELLO 4.
     assert_eq!(ok(&mut con, &["PING"]), simple("PONG"));
 }
 

@@ -191,3 +191,17 @@ fn fuzz_regression_large_integer_reply_is_followed_by_nothing() {
         assert_eq!(raw.call(&["PING"]), pong());
     }
 }
+
+/// The same over RESP3 (`HELLO 3`): redis-protocol's RESP3 encoder miscounted the
+/// same integers, so the connection's own writer covers both protocols.
+#[test]
+fn fuzz_regression_large_integer_reply_is_followed_by_nothing_in_resp3() {
+    let server = Server::start();
+    let mut raw = server.raw();
+    raw.call3(&["HELLO", "3"]);
+    for n in ["999999999999999", "-999999999999999202"] {
+        let reply = raw.call_bytes(3, &["INCRBY", &format!("k{n}"), n]);
+        assert_eq!(reply, format!(":{n}\r\n"));
+        assert_eq!(raw.call_bytes(3, &["PING"]), "+PONG\r\n");
+    }
+}

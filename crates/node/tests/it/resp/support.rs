@@ -10,12 +10,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis_protocol::resp2::types::OwnedFrame;
+use redis_protocol::resp3::types::OwnedFrame as Resp3Frame;
 use sealkv_kv::{Command, Entry, KvFsm, KvRequest, Outcome, Reply};
 use sealkv_node::resp::{
-    ApiError, Backend, Clock, Config, InfoSnapshot, Limits, RaftRole, ReadConsistency, ValueRead,
+    ApiError, Backend, Clock, Config, InfoSnapshot, Limits, Password, RaftRole, ReadConsistency,
+    ValueRead,
 };
 use sealkv_store::mvcc::EncryptionState;
 use sealkv_store::{KvStore, RocksStore, RocksStoreOptions};
+use zeroize::Zeroizing;
 
 /// The fake clock's start: 2023-11-14T22:13:20Z.
 pub const T0: u64 = 1_700_000_000_000;
@@ -263,6 +266,20 @@ impl Server {
         }
     }
 
+    /// A server whose `default` user has `password`, and the counter of its failed
+    /// authentications.
+    pub fn with_password(password: &str) -> (Server, prometheus::IntCounter) {
+        let failures = prometheus::IntCounter::new("auth_failures", "failed authentications")
+            .expect("counter");
+        let counted = failures.clone();
+        let server = Server::start_with(|config| {
+            let password = Password::new(Zeroizing::new(password.as_bytes().to_vec()));
+            config.password = Some(Arc::new(password.expect("a non-empty password")));
+            config.auth_failures = Some(counted);
+        });
+        (server, failures)
+    }
+
     /// Moves the fake clock forward.
     pub fn advance(&self, ms: u64) {
         self.clock.fetch_add(ms, Ordering::SeqCst);
@@ -270,12 +287,21 @@ impl Server {
 
     /// A redis-rs connection.
     pub fn redis(&self) -> redis::Connection {
-        let client = redis::Client::open(format!("redis://{}/", self.addr)).expect("client");
-        let con = client
-            .get_connection_with_timeout(PATIENCE)
-            .expect("connect");
-        con.set_read_timeout(Some(PATIENCE)).expect("timeout");
-        con
+        self.redis_url("", "").expect("connect")
+    }
+
+    /// A redis-rs connection with `credentials` (`user:password@` or
+    /// `:password@`, or empty) and `query` (`?protocol=resp3`, or empty) in its URL.
+    pub fn redis_url(
+        &self,
+        credentials: &str,
+        query: &str,
+    ) -> redis::RedisResult<redis::Connection> {
+        let url = format!("redis://{credentials}{}/{query}", self.addr);
+        let client = redis::Client::open(url)?;
+        let con = client.get_connection_with_timeout(PATIENCE)?;
+        con.set_read_timeout(Some(PATIENCE))?;
+        Ok(con)
     }
 
     /// A raw TCP connection.
@@ -348,9 +374,57 @@ impl Raw {
 
     /// Sends one command and returns its reply.
     pub fn call(&mut self, args: &[&str]) -> OwnedFrame {
+        self.send(args);
+        self.reply().expect("a reply")
+    }
+
+    /// Sends one command.
+    pub fn send(&mut self, args: &[&str]) {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         self.send_bytes(&encode(&args));
-        self.reply().expect("a reply")
+    }
+
+    /// Sends one command on a connection that speaks RESP3 and returns its reply.
+    pub fn call3(&mut self, args: &[&str]) -> Resp3Frame {
+        self.send(args);
+        let bytes = self.reply_bytes(3);
+        let (frame, _) = redis_protocol::resp3::decode::complete::decode(&bytes)
+            .expect("valid RESP3")
+            .expect("a whole reply");
+        frame
+    }
+
+    /// Sends one command and returns the bytes of its reply, read as RESP
+    /// `version` (2 or 3), so a test can check the exact wire form.
+    pub fn call_bytes(&mut self, version: u8, args: &[&str]) -> String {
+        self.send(args);
+        String::from_utf8_lossy(&self.reply_bytes(version)).into_owned()
+    }
+
+    /// The bytes of the next reply, framed as RESP `version`.
+    fn reply_bytes(&mut self, version: u8) -> Vec<u8> {
+        loop {
+            let used = if version == 3 {
+                redis_protocol::resp3::decode::complete::decode(&self.buf)
+                    .expect("server sent valid RESP3")
+                    .map(|(_, used)| used)
+            } else {
+                redis_protocol::resp2::decode::decode(&self.buf)
+                    .expect("server sent valid RESP2")
+                    .map(|(_, used)| used)
+            };
+            if let Some(used) = used {
+                return self.buf.drain(..used).collect();
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            let n = self.stream.read(&mut chunk).expect("read a reply in time");
+            assert!(
+                n > 0,
+                "connection closed before a whole reply: {:?}",
+                self.buf
+            );
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
     }
 
     /// The next reply, or `None` when the server closed the connection first.
