@@ -11,6 +11,8 @@
 //! * `bench` — criterion micro-benchmarks and redis-benchmark against a local cluster.
 //! * `faults` — the long run of the fault tests (kills, partitions, pauses, clock
 //!   skew, linearizability) and one summary of it.
+//! * `fuzz` — build the cargo-fuzz targets and run each for N seconds
+//!   (`--seconds N [TARGET ...]`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +22,7 @@ use anyhow::{Context, bail};
 mod bench;
 mod cluster;
 mod faults;
+mod fuzz;
 
 /// Crates that must stay free of storage, async runtime and consensus dependencies,
 /// and what they must not pull in anywhere in their dependency tree (DESIGN.md §2).
@@ -96,8 +99,9 @@ fn main() -> anyhow::Result<()> {
         "cluster" => cluster::cluster(&std::env::args().skip(2).collect::<Vec<_>>()),
         "bench" => bench::bench(&std::env::args().skip(2).collect::<Vec<_>>()),
         "faults" => faults::faults(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "fuzz" => fuzz::fuzz(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
-            eprintln!("usage: cargo xtask <ci|prereqs|layering|run|cluster|bench|faults>");
+            eprintln!("usage: cargo xtask <ci|prereqs|layering|run|cluster|bench|faults|fuzz>");
             eprintln!(
                 "  ci        prerequisites, fmt, clippy, tests, docs, layering (what CI runs)"
             );
@@ -114,6 +118,9 @@ fn main() -> anyhow::Result<()> {
             );
             eprintln!(
                 "  faults    long fault run: kill cycles, partitions, linearizability (--kill-cycles N ...)"
+            );
+            eprintln!(
+                "  fuzz      run every cargo-fuzz target for N seconds (--seconds N [TARGET ...])"
             );
             bail!("unknown task {task:?}")
         }

@@ -103,6 +103,26 @@ pub use rocks::{RocksStore, RocksStoreOptions};
 
 use mvcc::Version;
 
+/// One row of a decoded snapshot dump: column family name, key, value.
+#[doc(hidden)]
+pub type DumpRow<'a> = (&'static str, &'a [u8], &'a [u8]);
+
+/// Decodes and validates a snapshot dump exactly as
+/// [`RocksStore::install_snapshot`] does before it writes anything, and returns each
+/// row (column family name, key, value) in dump order. Public for the fuzz targets
+/// (`crates/fuzz-targets`); not part of the API.
+///
+/// # Errors
+/// As [`RocksStore::install_snapshot`] for a malformed dump: [`StoreError::Corrupt`].
+#[doc(hidden)]
+pub fn decode_snapshot_dump(data: &[u8]) -> Result<Vec<DumpRow<'_>>> {
+    Ok(dump::decode(data)?
+        .records
+        .into_iter()
+        .map(|r| (r.cf, r.key, r.value))
+        .collect())
+}
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

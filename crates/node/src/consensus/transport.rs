@@ -283,17 +283,24 @@ pub fn normal_frame_limit(max_entry_bytes: usize) -> u32 {
     u32::try_from(limit).map_or(MAX_SNAPSHOT_FRAME, |l| l.min(MAX_SNAPSHOT_FRAME))
 }
 
-/// The hello a dialer sends first.
+/// The hello a dialer sends first. Public, with [`Hello::read`] and
+/// [`Hello::encode`], for the fuzz targets (`crates/fuzz-targets`); not part of the
+/// API.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Hello {
-    sender: u64,
-    lane: Lane,
-    announce: Announce,
+pub struct Hello {
+    /// The id the dialer claims.
+    pub sender: u64,
+    /// The lane the connection carries.
+    pub lane: Lane,
+    /// The dialer's addresses.
+    pub announce: Announce,
 }
 
 /// Why a hello was refused.
+#[doc(hidden)]
 #[derive(Debug, thiserror::Error)]
-enum HelloError {
+pub enum HelloError {
     /// Not the transport's magic: not a sealkv peer.
     #[error("not a sealkv raft peer: magic {0:02x?}")]
     Magic([u8; 4]),
@@ -312,7 +319,8 @@ enum HelloError {
 }
 
 impl Hello {
-    fn encode(&self) -> Vec<u8> {
+    /// The hello's bytes. An address too long for its length byte is sent empty.
+    pub fn encode(&self) -> Vec<u8> {
         let mut out =
             Vec::with_capacity(16 + self.announce.redis.len() + self.announce.admin.len());
         out.extend_from_slice(MAGIC);
@@ -329,7 +337,11 @@ impl Hello {
     }
 
     /// Reads a hello, checking each field before the next is read.
-    async fn read(reader: &mut (impl AsyncRead + Unpin)) -> Result<Hello, HelloError> {
+    ///
+    /// # Errors
+    /// The [`HelloError`] of the first field that is wrong, or [`HelloError::Io`]
+    /// when `reader` fails or ends inside the hello.
+    pub async fn read(reader: &mut (impl AsyncRead + Unpin)) -> Result<Hello, HelloError> {
         let mut magic = [0u8; 4];
         reader.read_exact(&mut magic).await?;
         if &magic != MAGIC {
@@ -1110,49 +1122,108 @@ async fn receive<S: AsyncRead + Unpin>(
         )
     };
     loop {
-        let len = match tokio::time::timeout(idle, reader.read_u32()).await {
-            Err(_) => return Err(idled()),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Ok(Err(e)) => return Err(Ended::Io(e)),
-            Ok(Ok(len)) => len,
-        };
-        if len == 0 {
-            // A keepalive.
-            continue;
-        }
-        if len > limit {
-            return Err(closed(
-                CloseReason::FrameTooLarge,
-                format!(
-                    "node {peer} sent a frame of {len} bytes on the {} lane, above its limit of \
-                     {limit} bytes (the normal lane's follows --max-entry-bytes; give every node \
-                     the same)",
-                    hello.lane
-                ),
-            ));
-        }
-        // Grow with the bytes that actually arrive, not with what the header claims.
-        let mut buf = Vec::with_capacity((len as usize).min(64 * 1024));
-        let mut body = (&mut reader).take(u64::from(len));
-        loop {
-            match tokio::time::timeout(idle, body.read_buf(&mut buf)).await {
-                Err(_) => return Err(idled()),
-                Ok(Err(e)) => return Err(Ended::Io(e)),
-                Ok(Ok(0)) => break,
-                Ok(Ok(_)) => {}
+        match read_frame(&mut reader, limit, Some(idle)).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(Received::Keepalive)) => {}
+            Ok(Some(Received::Message(message))) => inbox.deliver(origin, message),
+            Err(FrameError::Idle) => return Err(idled()),
+            Err(FrameError::TooLarge { len }) => {
+                return Err(closed(
+                    CloseReason::FrameTooLarge,
+                    format!(
+                        "node {peer} sent a frame of {len} bytes on the {} lane, above its limit \
+                         of {limit} bytes (the normal lane's follows --max-entry-bytes; give \
+                         every node the same)",
+                        hello.lane
+                    ),
+                ));
             }
+            Err(FrameError::NotAMessage(e)) => {
+                return Err(closed(
+                    CloseReason::BadFrame,
+                    format!("node {peer} sent a frame that is not a raft message: {e}"),
+                ));
+            }
+            Err(FrameError::Io(e)) => return Err(Ended::Io(e)),
         }
-        if buf.len() != len as usize {
-            return Err(Ended::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        let message = Message::parse_from_bytes(&buf).map_err(|e| {
-            closed(
-                CloseReason::BadFrame,
-                format!("node {peer} sent a frame that is not a raft message: {e}"),
-            )
-        })?;
-        inbox.deliver(origin, message);
     }
+}
+
+/// One frame of a connection after its hello. Public for the fuzz targets
+/// (`crates/fuzz-targets`); not part of the API.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum Received {
+    /// A frame of length 0.
+    Keepalive,
+    /// A raft-rs message.
+    Message(Message),
+}
+
+/// Why reading a frame failed. Public for the fuzz targets; not part of the API.
+#[doc(hidden)]
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// No header started, or a body read made no progress, within the idle timeout.
+    #[error("idle")]
+    Idle,
+    /// A header announced more bytes than the lane's limit.
+    #[error("frame of {len} bytes is above the lane's limit")]
+    TooLarge {
+        /// The announced length.
+        len: u32,
+    },
+    /// The body is not a raft-rs message.
+    #[error("not a raft message: {0}")]
+    NotAMessage(#[source] protobuf::ProtobufError),
+    /// The connection failed, or ended inside a frame (`UnexpectedEof`).
+    #[error("read frame: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Awaits `read` within `idle`, or without a limit when `idle` is `None`.
+async fn within<T>(idle: Option<Duration>, read: impl Future<Output = T>) -> Result<T, FrameError> {
+    match idle {
+        Some(idle) => tokio::time::timeout(idle, read)
+            .await
+            .map_err(|_| FrameError::Idle),
+        None => Ok(read.await),
+    }
+}
+
+/// Reads one frame of at most `limit` bytes (step 5 of the module docs); `Ok(None)`
+/// when the stream ends cleanly before a header. With `idle`, the header must start
+/// and each read of the body make progress within it. The body's buffer grows with
+/// the bytes that arrive, not with what the header claims. Public for the fuzz
+/// targets (`crates/fuzz-targets`); not part of the API.
+///
+/// # Errors
+/// [`FrameError`]: an idle timeout, a frame above `limit`, a body that is not a
+/// raft-rs message, or a failed read (`UnexpectedEof` inside a frame).
+#[doc(hidden)]
+pub async fn read_frame(
+    reader: &mut (impl AsyncRead + Unpin),
+    limit: u32,
+    idle: Option<Duration>,
+) -> Result<Option<Received>, FrameError> {
+    let len = match within(idle, reader.read_u32()).await? {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(FrameError::Io(e)),
+        Ok(0) => return Ok(Some(Received::Keepalive)),
+        Ok(len) => len,
+    };
+    if len > limit {
+        return Err(FrameError::TooLarge { len });
+    }
+    let mut buf = Vec::with_capacity((len as usize).min(64 * 1024));
+    let mut body = reader.take(u64::from(len));
+    while within(idle, body.read_buf(&mut buf)).await?? != 0 {}
+    if buf.len() != len as usize {
+        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Message::parse_from_bytes(&buf)
+        .map(|message| Some(Received::Message(message)))
+        .map_err(FrameError::NotAMessage)
 }
 
 #[cfg(test)]

@@ -138,9 +138,16 @@ use tokio::task::JoinSet;
 
 pub use auth::{MAX_PASSWORD_LEN, Password, PasswordError};
 pub use backend::{ApiError, Backend, InfoSnapshot, RaftRole, ReadConsistency, ValueRead};
+/// The connection codec, public for the fuzz targets (`crates/fuzz-targets`); not
+/// part of the API.
+#[doc(hidden)]
+pub use codec::CommandCodec;
 pub use codec::{
     Limits, MAX_HEADER_LEN, ProtocolError, UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK_LEN,
 };
+/// The protocol-neutral reply, public for the fuzz targets; not part of the API.
+#[doc(hidden)]
+pub use reply::Frame;
 pub use reply::Protocol;
 
 /// The wall clock the server stamps requests and computes expiries with, in ms
@@ -225,6 +232,66 @@ struct Shared<B> {
     /// The listening address (`CLIENT INFO`'s `laddr`, `INFO`'s `tcp_port`).
     local: std::net::SocketAddr,
     next_client_id: AtomicU64,
+}
+
+/// Runs a client's bytes through a connection's steps without a socket: the codec
+/// frames each command, the command table runs it against `backend` on one session,
+/// and the replies come back in order, each with the protocol the connection would
+/// write it in (`HELLO 3` switches from the next reply on, as it does on a socket).
+/// The input ends at the first protocol error (answered as a connection answers
+/// it), at `QUIT`, or where a command is incomplete. Public for the fuzz targets
+/// (`crates/fuzz-targets`); not part of the API.
+#[doc(hidden)]
+pub async fn run_commands<B: Backend>(
+    backend: Arc<B>,
+    config: Config,
+    input: &[u8],
+) -> Vec<(Protocol, Frame)> {
+    use redis_protocol::tokio_util::codec::Decoder as _;
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 50000));
+    let shared = Shared {
+        backend,
+        config,
+        started: Instant::now(),
+        local: std::net::SocketAddr::from(([127, 0, 0, 1], 6379)),
+        next_client_id: AtomicU64::new(2),
+    };
+    let mut session = connection::Session {
+        id: 1,
+        peer,
+        since: Instant::now(),
+        name: None,
+        lib_name: None,
+        lib_ver: None,
+        consistency: ReadConsistency::Linearizable,
+        protocol: Protocol::Resp2,
+        authenticated: shared.config.password.is_none(),
+        auth_failures: 0,
+    };
+    let mut codec = CommandCodec::new(shared.config.limits);
+    codec.set_authenticated(session.authenticated);
+    let mut src = redis_protocol::bytes::BytesMut::from(input);
+    let mut replies = Vec::new();
+    loop {
+        match codec.decode(&mut src) {
+            Ok(Some(args)) => {
+                let (frame, flow) = commands::execute(&shared, &mut session, args).await;
+                codec.set_protocol(session.protocol);
+                codec.set_authenticated(session.authenticated);
+                replies.push((session.protocol, frame));
+                if flow == commands::Flow::Close {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let error = reply::error(format!("ERR Protocol error: {e}"));
+                replies.push((session.protocol, error));
+                break;
+            }
+        }
+    }
+    replies
 }
 
 /// Serves one accepted connection: the TLS handshake first when the server has TLS

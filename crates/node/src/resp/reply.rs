@@ -52,7 +52,7 @@ impl Protocol {
 pub enum Frame {
     /// A simple string (`+OK`). Never contains CR or LF.
     Simple(Bytes),
-    /// An error (`-CODE message`), already made single-line by [`error`].
+    /// An error (`-CODE message`), already made single-line by `reply::error`.
     Error(Str),
     /// An integer.
     Int(i64),

@@ -177,3 +177,31 @@ fn shutdown_closes_connections_and_returns() {
     let refused = std::net::TcpStream::connect_timeout(&addr, PATIENCE);
     assert!(refused.is_err(), "listener still accepting");
 }
+
+/// Found by the `resp_commands` fuzz target (corpus file
+/// `regression-integer-below-power-of-ten`): an integer reply just below a power
+/// of ten went out followed by a NUL byte, so the client misread the next reply.
+#[test]
+fn fuzz_regression_large_integer_reply_is_followed_by_nothing() {
+    let server = Server::start();
+    let mut raw = server.raw();
+    for n in ["999999999999999", "-999999999999999202"] {
+        let reply = raw.call(&["INCRBY", &format!("k{n}"), n]);
+        assert_eq!(reply, OwnedFrame::Integer(n.parse().expect("an i64")));
+        assert_eq!(raw.call(&["PING"]), pong());
+    }
+}
+
+/// The same over RESP3 (`HELLO 3`): redis-protocol's RESP3 encoder miscounted the
+/// same integers, so the connection's own writer covers both protocols.
+#[test]
+fn fuzz_regression_large_integer_reply_is_followed_by_nothing_in_resp3() {
+    let server = Server::start();
+    let mut raw = server.raw();
+    raw.call3(&["HELLO", "3"]);
+    for n in ["999999999999999", "-999999999999999202"] {
+        let reply = raw.call_bytes(3, &["INCRBY", &format!("k{n}"), n]);
+        assert_eq!(reply, format!(":{n}\r\n"));
+        assert_eq!(raw.call_bytes(3, &["PING"]), "+PONG\r\n");
+    }
+}
