@@ -52,6 +52,25 @@ pub struct Session {
     pub auth_failures: u64,
 }
 
+impl Session {
+    /// A new connection's session: RESP2, linearizable reads, and authenticated
+    /// only when the server asks no password.
+    pub(super) fn new(id: u64, peer: SocketAddr, password_required: bool) -> Session {
+        Session {
+            id,
+            peer,
+            since: Instant::now(),
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            consistency: ReadConsistency::Linearizable,
+            protocol: Protocol::Resp2,
+            authenticated: !password_required,
+            auth_failures: 0,
+        }
+    }
+}
+
 /// Serves one connection until the client quits, disconnects or breaks the protocol.
 pub(super) async fn run<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
@@ -59,18 +78,7 @@ pub(super) async fn run<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
     id: u64,
     shared: &Shared<B>,
 ) {
-    let mut session = Session {
-        id,
-        peer,
-        since: Instant::now(),
-        name: None,
-        lib_name: None,
-        lib_ver: None,
-        consistency: ReadConsistency::Linearizable,
-        protocol: Protocol::Resp2,
-        authenticated: shared.config.password.is_none(),
-        auth_failures: 0,
-    };
+    let mut session = Session::new(id, peer, shared.config.password.is_some());
     let mut codec = CommandCodec::new(shared.config.limits);
     codec.set_authenticated(session.authenticated);
     let mut framed = Framed::new(stream, codec);

@@ -256,18 +256,7 @@ pub async fn run_commands<B: Backend>(
         local: std::net::SocketAddr::from(([127, 0, 0, 1], 6379)),
         next_client_id: AtomicU64::new(2),
     };
-    let mut session = connection::Session {
-        id: 1,
-        peer,
-        since: Instant::now(),
-        name: None,
-        lib_name: None,
-        lib_ver: None,
-        consistency: ReadConsistency::Linearizable,
-        protocol: Protocol::Resp2,
-        authenticated: shared.config.password.is_none(),
-        auth_failures: 0,
-    };
+    let mut session = connection::Session::new(1, peer, shared.config.password.is_some());
     let mut codec = CommandCodec::new(shared.config.limits);
     codec.set_authenticated(session.authenticated);
     let mut src = redis_protocol::bytes::BytesMut::from(input);
