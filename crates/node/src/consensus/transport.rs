@@ -1441,9 +1441,11 @@ mod tests {
                     .clone()
             }
 
-            /// Waits until `what` holds, for up to 5 s.
+            /// Waits until `what` holds, for up to 30 s: a loaded machine (CI runs
+            /// test binaries beside builds) can take seconds to run the listener's
+            /// tasks.
             fn until(&self, what: &str, mut f: impl FnMut() -> bool) {
-                let deadline = Instant::now() + Duration::from_secs(5);
+                let deadline = Instant::now() + Duration::from_secs(30);
                 while !f() {
                     assert!(Instant::now() < deadline, "timed out waiting for {what}");
                     std::thread::sleep(Duration::from_millis(10));
