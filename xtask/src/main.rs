@@ -430,14 +430,7 @@ fn venv_support() -> anyhow::Result<()> {
     const PACKAGES: &[&str] = &["python3", "python3-venv"];
     if is_root() && have("apt-get") {
         eprintln!("==> installing {}", PACKAGES.join(" "));
-        run("apt-get update", Command::new("apt-get").arg("update"))?;
-        run(
-            "apt-get install",
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends"])
-                .args(PACKAGES)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        apt_install(PACKAGES)?;
         if can() {
             return Ok(());
         }
@@ -446,6 +439,18 @@ fn venv_support() -> anyhow::Result<()> {
     bail!(
         "the tests run redis-py from a Python virtual environment; install python3 with venv and ensurepip (on Debian: sudo apt-get install {})",
         PACKAGES.join(" ")
+    )
+}
+
+/// `apt-get update`, then a non-interactive install of `packages` (Debian, as root).
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    run("apt-get update", Command::new("apt-get").arg("update"))?;
+    run(
+        "apt-get install",
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
 
@@ -467,14 +472,7 @@ fn build_prereqs() -> anyhow::Result<()> {
     );
     if is_root() && have("apt-get") {
         eprintln!("==> installing prerequisites: {install}");
-        run("apt-get update", Command::new("apt-get").arg("update"))?;
-        run(
-            "apt-get install",
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends"])
-                .args(PACKAGES)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        apt_install(PACKAGES)?;
         if find_libclang().is_none() {
             bail!("libclang still not found after install; set LIBCLANG_PATH");
         }

@@ -289,25 +289,6 @@ pub fn converged(c: &Cluster, acked: &Acked) {
     }
 }
 
-/// Whether the writer registry in `status` (of node `node_id`) records, for each
-/// active key, the node's current local epoch: its registration went through Raft
-/// and it proposes no more.
-fn epochs_registered(status: &Value, node_id: u64) -> bool {
-    let rows: Vec<&Value> = status["registry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .collect();
-    let keys = status["keys"].as_array().into_iter().flatten();
-    keys.filter(|k| k["active"] == true).all(|k| {
-        rows.iter().any(|r| {
-            r["dek_id"] == k["key_id"]
-                && r["full_node_id"].as_u64() == Some(node_id)
-                && r["last_seen_local_epoch"] == k["local_epoch"]
-        })
-    })
-}
-
 /// What every node of an encrypted cluster must agree on: active keys, loaded key
 /// ids, envelopes, the sidecar's index and the writer registry.
 fn key_view(status: &Value) -> Value {

@@ -446,3 +446,22 @@ pub fn refused(node: &mut Node, peers: &str) -> String {
     assert!(!log.contains("panicked"), "node {}:\n{log}", node.id);
     log
 }
+
+/// Whether the writer registry in `status` (of node `node_id`) records, for each
+/// active key, the node's current local epoch: its registration went through Raft
+/// and it proposes no more.
+pub fn epochs_registered(status: &Value, node_id: u64) -> bool {
+    let rows: Vec<&Value> = status["registry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let keys = status["keys"].as_array().into_iter().flatten();
+    keys.filter(|k| k["active"] == true).all(|k| {
+        rows.iter().any(|r| {
+            r["dek_id"] == k["key_id"]
+                && r["full_node_id"].as_u64() == Some(node_id)
+                && r["last_seen_local_epoch"] == k["local_epoch"]
+        })
+    })
+}
