@@ -253,6 +253,7 @@ fn carried_bytes(request: &KvRequest) -> usize {
             Command::Put { key, value, .. } => key.len() + value.len(),
             Command::Delete { keys } => keys.iter().map(Vec::len).sum(),
             Command::IncrBy { key, .. } | Command::Expire { key, .. } => key.len(),
+            Command::Maintain(_) => 0,
         })
         .sum()
 }

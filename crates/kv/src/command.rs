@@ -209,6 +209,23 @@ pub enum Command {
         /// Absolute expiry in ms since the Unix epoch.
         expire_at_ms: u64,
     },
+    /// Storage maintenance for every replica (DESIGN.md §12), proposed by nodes,
+    /// never built from a client's command. Replies `Ok`.
+    Maintain(Maintenance),
+}
+
+/// What a [`Command::Maintain`] asks of every replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Maintenance {
+    /// A new GC safe point, `(index, at_ms)`, computed by the proposer from its own
+    /// applied-index history and retention window. Applying it never moves either
+    /// bound back, and clamps the index to the entry's own.
+    pub horizon: Option<(u64, u64)>,
+    /// Every node collects garbage up to the safe point and compacts its store.
+    pub compact: bool,
+    /// Every node reseals each version that is cleartext or sealed under a storage
+    /// key that is not the active one.
+    pub rewrite: bool,
 }
 
 /// The body of a KV entry: the proposer's clock and the commands.

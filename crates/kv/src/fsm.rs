@@ -7,11 +7,14 @@ use std::sync::Arc;
 use sealkv_encryption::applier::{Applied, Applier, ApplyError, EnvelopeSwitch};
 use sealkv_encryption::keyring::{Keyring, KeyringError};
 use sealkv_fsmwire::is_encryption_opcode;
+use sealkv_store::gc::{Horizon, Rewrite};
 use sealkv_store::mvcc::{EncryptionState, StoredValue, Version, logical_key};
 use sealkv_store::{KvStore, StoreError, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, CommandError, KvRequest, OP_KV, OP_KV_BATCH, PutCondition, WRAPPED};
+use crate::command::{
+    Command, CommandError, KvRequest, Maintenance, OP_KV, OP_KV_BATCH, PutCondition, WRAPPED,
+};
 
 /// A committed Raft entry, as the state machine sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +260,38 @@ impl ReadError {
     }
 }
 
+/// Why a version could not be resealed ([`Reader::reseal`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResealError {
+    /// The version does not open as a read would: it stays as it is.
+    #[error("open the stored value")]
+    Read(#[source] ReadError),
+    /// The active storage key cannot seal here.
+    #[error("seal under the active storage key")]
+    Seal(#[source] KeyringError),
+    /// This load may not seal under the active key yet (its epoch is not
+    /// registered), and the keyring sealed under an older one.
+    #[error(
+        "the active storage key is {active}; this node can only seal under key {sealed_under} yet"
+    )]
+    NotActive {
+        /// The active storage key.
+        active: u32,
+        /// The key the keyring sealed under.
+        sealed_under: u32,
+    },
+    /// The store failed.
+    #[error("storage")]
+    Storage(#[from] StoreError),
+}
+
+/// The key id an envelope names (bytes 2..6, big-endian), if it is long enough.
+pub fn envelope_key_id(envelope: &[u8]) -> Option<u32> {
+    let id: [u8; 4] = envelope.get(2..6)?.try_into().ok()?;
+    Some(u32::from_be_bytes(id))
+}
+
 /// The state machine: applies committed entries to a [`KvStore`].
 ///
 /// Dispatch on the first byte of an entry (DESIGN.md §3):
@@ -311,6 +346,36 @@ pub const STORAGE_ENVELOPE_META_KEY: &[u8] = b"storage_envelope_index";
 /// The metadata row holding the cluster-wide key state
 /// ([`Keyring::shared_json`]).
 pub const ENCRYPTION_META_KEY: &[u8] = b"encryption";
+
+/// The metadata row holding the GC safe point ([`Horizon::encode`]).
+pub const GC_HORIZON_META_KEY: &[u8] = b"gc_horizon";
+
+/// The metadata row holding the index (u64 BE) of the last entry that asked every
+/// node to collect garbage and compact its store.
+pub const COMPACT_REQUEST_META_KEY: &[u8] = b"compact_requested";
+
+/// The metadata row holding the index (u64 BE) of the last entry that asked every
+/// node to reseal its values under the active storage key.
+pub const REWRITE_REQUEST_META_KEY: &[u8] = b"rewrite_requested";
+
+/// Reads a u64 BE metadata row; absent (or not 8 bytes) reads as 0.
+pub fn meta_u64(store: &dyn KvStore, key: &[u8]) -> Result<u64, StoreError> {
+    Ok(store
+        .get_meta(key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
+/// Reads the GC safe point; none yet is the zero horizon.
+///
+/// # Errors
+/// [`StoreError`] when the row cannot be read or does not decode.
+pub fn gc_horizon(store: &dyn KvStore) -> Result<Horizon, StoreError> {
+    match store.get_meta(GC_HORIZON_META_KEY)? {
+        Some(raw) => Horizon::decode(&raw),
+        None => Ok(Horizon::default()),
+    }
+}
 
 impl KvFsm {
     /// A state machine over `store`, resuming after the store's applied index.
@@ -400,6 +465,7 @@ impl KvFsm {
         self.reader
             .storage_from
             .store(from, std::sync::atomic::Ordering::Release);
+        self.reader.set_horizon(gc_horizon(self.store.as_ref())?);
         Ok(self.applied)
     }
 
@@ -584,12 +650,11 @@ impl KvFsm {
                 }
                 let mut replies = Vec::with_capacity(request.commands.len());
                 for command in &request.commands {
-                    replies.push(self.execute(
-                        entry.index,
-                        request.issued_at_ms,
-                        command,
-                        pending,
-                    )?);
+                    // Expiry is judged at the proposer's clock, but never before the
+                    // GC safe point's time: what GC may have removed reads as absent
+                    // on every replica, whether or not it is gone yet (gc.rs).
+                    let now = request.issued_at_ms.max(self.reader.horizon_at());
+                    replies.push(self.execute(entry.index, now, command, pending)?);
                 }
                 Ok(Outcome::Kv(replies))
             }
@@ -712,6 +777,10 @@ impl KvFsm {
                 vec![key]
             }
             Command::Delete { keys } => keys.iter().map(Vec::as_slice).collect(),
+            Command::Maintain(maintenance) => {
+                self.maintain(version, maintenance, pending)?;
+                return Ok(Reply::Ok);
+            }
         };
         if keys
             .iter()
@@ -781,7 +850,42 @@ impl KvFsm {
                 }
                 Ok(Reply::Int(1))
             }
+            Command::Maintain(_) => Ok(Reply::Ok),
         }
+    }
+
+    /// Applies a maintenance request: moves the GC safe point forward (never back,
+    /// and never past this entry), and records the compaction and rewrite
+    /// requests every node's maintenance worker acts on.
+    fn maintain(
+        &self,
+        version: u64,
+        request: &Maintenance,
+        pending: &mut Pending,
+    ) -> Result<(), HaltCause> {
+        if let Some((index, at_ms)) = request.horizon {
+            let current = self.reader.horizon();
+            let proposed = Horizon {
+                index: index.min(version),
+                at_ms,
+            };
+            let next = current.max(proposed);
+            pending
+                .batch
+                .put_meta(GC_HORIZON_META_KEY, next.encode().to_vec())?;
+            self.reader.set_horizon(next);
+        }
+        if request.compact {
+            pending
+                .batch
+                .put_meta(COMPACT_REQUEST_META_KEY, version.to_be_bytes().to_vec())?;
+        }
+        if request.rewrite {
+            pending
+                .batch
+                .put_meta(REWRITE_REQUEST_META_KEY, version.to_be_bytes().to_vec())?;
+        }
+        Ok(())
     }
 
     /// Reads the live value of `key` at `now_ms` from the committed store.
@@ -818,6 +922,9 @@ pub struct Reader {
     /// The index of the entry that turned the storage envelope on (0: not on, or
     /// applied before it was recorded): every version above it is sealed.
     storage_from: Arc<std::sync::atomic::AtomicU64>,
+    /// The GC safe point the state machine has applied (index, ms): expiry is never
+    /// judged before its time. Written only by the state machine.
+    horizon: Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -838,11 +945,37 @@ impl Reader {
             .flatten()
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map_or(0, u64::from_be_bytes);
+        let horizon = gc_horizon(store.as_ref()).unwrap_or_default();
         Reader {
             store,
             keyring: None,
             storage_from: Arc::new(std::sync::atomic::AtomicU64::new(from)),
+            horizon: Arc::new([
+                std::sync::atomic::AtomicU64::new(horizon.index),
+                std::sync::atomic::AtomicU64::new(horizon.at_ms),
+            ]),
         }
+    }
+
+    /// The GC safe point the state machine has applied.
+    pub fn horizon(&self) -> Horizon {
+        let [index, at_ms] = &*self.horizon;
+        Horizon {
+            index: index.load(std::sync::atomic::Ordering::Acquire),
+            at_ms: at_ms.load(std::sync::atomic::Ordering::Acquire),
+        }
+    }
+
+    /// The time of the GC safe point: the earliest `now` expiry is judged at.
+    fn horizon_at(&self) -> u64 {
+        let [_, at_ms] = &*self.horizon;
+        at_ms.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_horizon(&self, horizon: Horizon) {
+        let [index, at_ms] = &*self.horizon;
+        index.store(horizon.index, std::sync::atomic::Ordering::Release);
+        at_ms.store(horizon.at_ms, std::sync::atomic::Ordering::Release);
     }
 
     /// The same reader, opening encrypted values with `keyring`.
@@ -858,6 +991,7 @@ impl Reader {
     /// [`ReadError::Encrypted`] when it is encrypted and there is no keyring,
     /// [`ReadError::Storage`] when the store fails.
     pub fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<LiveValue>, ReadError> {
+        let now_ms = now_ms.max(self.horizon_at());
         let Some(version) = self.store.get_at(key, u64::MAX)? else {
             return Ok(None);
         };
@@ -915,12 +1049,77 @@ impl Reader {
         Ok(StoredValue { header, body })
     }
 
+    /// What the rewrite does with `key`'s stored `version` (DESIGN.md §12): a
+    /// version that holds a value in cleartext, or is sealed under a storage key
+    /// other than the active one, is opened (with every check of a read) and
+    /// sealed again under the active key, at the same key and version, so a read
+    /// sees the same value. A cleartext tombstone holds nothing and is kept.
+    /// Without a keyring, or before the storage envelope is on, everything is kept.
+    ///
+    /// # Errors
+    /// [`ResealError::Read`] when the version does not open as a read would (it is
+    /// left as it is, and reads keep refusing it); [`ResealError::Seal`] when the
+    /// active key cannot seal on this node yet (try again later).
+    pub fn reseal(
+        &self,
+        key: &[u8],
+        commit_version: u64,
+        value: StoredValue,
+    ) -> Result<Rewrite, ResealError> {
+        let Some(keyring) = self
+            .keyring
+            .as_ref()
+            .filter(|k| k.storage_envelope_active())
+        else {
+            return Ok(Rewrite::Keep);
+        };
+        let Some(active) = keyring.active_key_id(sealkv_fsmwire::Purpose::Storage) else {
+            return Ok(Rewrite::Keep);
+        };
+        match value.header.encryption {
+            EncryptionState::Clear if value.header.tombstone => return Ok(Rewrite::Keep),
+            EncryptionState::Encrypted if envelope_key_id(&value.body) == Some(active) => {
+                return Ok(Rewrite::Keep);
+            }
+            _ => {}
+        }
+        let clear = self
+            .open(
+                key,
+                Version {
+                    commit_version,
+                    value,
+                },
+            )
+            .map_err(ResealError::Read)?;
+        let mut header = clear.header;
+        header.encryption = EncryptionState::Encrypted;
+        let body = keyring
+            .seal_storage(
+                &clear.body,
+                &header.encode(),
+                &logical_key(key, commit_version),
+            )
+            .map_err(ResealError::Seal)?;
+        // The keyring falls back to an older key while this load may not seal under
+        // the active one yet; such a seal changes nothing worth writing.
+        let sealed_under = envelope_key_id(&body).unwrap_or(0);
+        if sealed_under != active {
+            return Err(ResealError::NotActive {
+                active,
+                sealed_under,
+            });
+        }
+        Ok(Rewrite::Replace(StoredValue { header, body }))
+    }
+
     /// How many keys have a live value at `now_ms` (Redis `DBSIZE`). It scans every
     /// key, so it costs time in proportion to the keyspace.
     ///
     /// # Errors
     /// [`ReadError::Storage`] when the store fails.
     pub fn count_live(&self, now_ms: u64) -> Result<u64, ReadError> {
+        let now_ms = now_ms.max(self.horizon_at());
         let mut count = 0u64;
         self.store.scan_latest(&mut |_, version| {
             if version.value.is_live_at(now_ms) {

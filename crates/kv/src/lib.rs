@@ -65,11 +65,12 @@ mod command;
 mod fsm;
 
 pub use command::{
-    COMMAND_VERSION, Command, CommandError, ENTRY_HEADROOM, KvRequest, MAX_ENTRY_BYTES, OP_KV,
-    OP_KV_BATCH, OP_RESERVED_HLC, PutCondition, SizeError, SizeLimits, WRAP_OVERHEAD, WRAPPED,
-    WrapError,
+    COMMAND_VERSION, Command, CommandError, ENTRY_HEADROOM, KvRequest, MAX_ENTRY_BYTES,
+    Maintenance, OP_KV, OP_KV_BATCH, OP_RESERVED_HLC, PutCondition, SizeError, SizeLimits,
+    WRAP_OVERHEAD, WRAPPED, WrapError,
 };
 pub use fsm::{
-    ENCRYPTION_META_KEY, Entry, EntryOutcome, Halt, HaltCause, Halted, KvFsm, LiveValue, Outcome,
-    ReadError, Reader, Refusal, Reply, UserError, error_chain,
+    COMPACT_REQUEST_META_KEY, ENCRYPTION_META_KEY, Entry, EntryOutcome, GC_HORIZON_META_KEY, Halt,
+    HaltCause, Halted, KvFsm, LiveValue, Outcome, REWRITE_REQUEST_META_KEY, ReadError, Reader,
+    Refusal, Reply, ResealError, UserError, envelope_key_id, error_chain, gc_horizon, meta_u64,
 };

@@ -23,6 +23,7 @@ pub mod consensus;
 pub mod encryption;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
+pub mod maintenance;
 pub mod metrics;
 pub mod resp;
 pub mod startup;

@@ -75,6 +75,35 @@ enum Cmd {
     /// `node-N.crt` and `node-N.key` to that node, never `ca.key`.
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// Show and maintain a node's store: MVCC garbage collection and compaction.
+    Store(StoreArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    #[command(subcommand)]
+    cmd: StoreCmd,
+    #[command(flatten)]
+    tls: ClientTls,
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCmd {
+    /// Show the GC safe point, live keys and bytes, versions, SST size, and the
+    /// progress of compaction and rewrite requests on one node.
+    Status {
+        /// The node's admin address.
+        #[arg(long, env = "SEALKV_ADMIN_ADDR", default_value = "127.0.0.1:8379")]
+        admin_addr: String,
+    },
+    /// Collect garbage and compact now, on every node: proposes a safe point from
+    /// this node's history and a compaction, and answers once this node has
+    /// finished (the others follow on their own; see `sealkv store status`).
+    Compact {
+        /// Admin address of any node of the cluster.
+        #[arg(long, env = "SEALKV_ADMIN_ADDR", default_value = "127.0.0.1:8379")]
+        admin_addr: String,
+    },
 }
 
 /// TLS to the admin endpoint, for every subcommand that talks to it.
@@ -227,6 +256,19 @@ enum EncryptionCmd {
         #[arg(long, env = "SEALKV_ADMIN_ADDR", default_value = "127.0.0.1:8379")]
         admin_addr: String,
     },
+    /// Reseal, on every node, each stored version that is in cleartext or sealed
+    /// under a storage key other than the active one (after a migration from
+    /// cleartext, or a rotation). Runs in the background in bounded steps; with
+    /// --wait, returns once the node asked has finished. Progress: `sealkv store
+    /// status`.
+    Rewrite {
+        /// Admin address of any node of the cluster.
+        #[arg(long, env = "SEALKV_ADMIN_ADDR", default_value = "127.0.0.1:8379")]
+        admin_addr: String,
+        /// Wait until the node asked has rewritten everything.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Turn an envelope on: storage (values at rest) or raft (proposals). One-way.
     EnableEnvelope {
         /// Which envelope.
@@ -357,6 +399,11 @@ struct StartArgs {
     /// allowed.
     #[arg(long, env = "SEALKV_CERTS_DIR")]
     certs_dir: Option<PathBuf>,
+    /// How long, in seconds, old MVCC versions stay: a version overwritten, a delete
+    /// and an expired value are removed once they are this old (0: as soon as
+    /// possible). Reads never see the difference.
+    #[arg(long, env = "SEALKV_MVCC_RETENTION", default_value_t = 300)]
+    mvcc_retention: u64,
 }
 
 /// Reads the KEK from `SEALKV_KEK_BASE64`, overwrites its value in the environment
@@ -408,6 +455,7 @@ fn main() -> ExitCode {
         Cmd::Kek(KekCmd::Generate { path }) => kek_generate(&path),
         Cmd::Encryption(args) => args.tls.apply().and_then(|()| encryption(args.cmd)),
         Cmd::Certs(cmd) => certs(cmd),
+        Cmd::Store(args) => args.tls.apply().and_then(|()| store(args.cmd)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -528,6 +576,7 @@ fn encryption(cmd: EncryptionCmd) -> anyhow::Result<()> {
         EncryptionCmd::Bootstrap { admin_addr } => {
             (admin_addr, "bootstrap", "bootstrap encryption", json!({}))
         }
+        EncryptionCmd::Rewrite { admin_addr, wait } => return rewrite(&admin_addr, wait),
         EncryptionCmd::RotateDek {
             purpose,
             admin_addr,
@@ -555,6 +604,70 @@ fn encryption(cmd: EncryptionCmd) -> anyhow::Result<()> {
     };
     let answer = admin_client::post_json(&admin, &format!("/v1/encryption/{path}"), what, &body)?;
     writeln!(std::io::stdout().lock(), "{what}: {answer}")?;
+    Ok(())
+}
+
+/// `sealkv encryption rewrite`: asks for the rewrite, then with `wait` follows the
+/// node's progress until it has finished.
+fn rewrite(admin_addr: &str, wait: bool) -> anyhow::Result<()> {
+    let answer = admin_client::post_json(
+        admin_addr,
+        "/v1/encryption/rewrite",
+        "rewrite",
+        &serde_json::json!({}),
+    )?;
+    let requested = answer
+        .get("requested_index")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "rewrite requested at index {requested} on every node")?;
+    if !wait {
+        writeln!(
+            out,
+            "follow it with: sealkv store status --admin-addr {admin_addr}"
+        )?;
+        return Ok(());
+    }
+    loop {
+        let status = admin_client::get_json(admin_addr, "/v1/store/status")?;
+        let rewrite = status.get("rewrite").cloned().unwrap_or_default();
+        let field = |name: &str| {
+            rewrite
+                .get(name)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        if field("done_index") >= requested {
+            writeln!(
+                out,
+                "rewrite done on {admin_addr}: {} versions scanned, {} resealed, {} left alone (they do not open)",
+                field("scanned"),
+                field("rewritten"),
+                field("unreadable")
+            )?;
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `sealkv store status|compact`.
+fn store(cmd: StoreCmd) -> anyhow::Result<()> {
+    let answer = match cmd {
+        StoreCmd::Status { admin_addr } => admin_client::get_json(&admin_addr, "/v1/store/status")?,
+        StoreCmd::Compact { admin_addr } => admin_client::post_json(
+            &admin_addr,
+            "/v1/store/compact",
+            "compact the store",
+            &serde_json::json!({}),
+        )?,
+    };
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string_pretty(&answer)?
+    )?;
     Ok(())
 }
 
@@ -601,6 +714,9 @@ fn start(
             .map(|dir| sealkv_node::tls::NodeTls::load(dir, args.id))
             .transpose()
             .context("load the node's certificates from --certs-dir")?,
+        maintenance: sealkv_node::maintenance::MaintenanceConfig {
+            retention: Duration::from_secs(args.mvcc_retention),
+        },
     };
     if let Some(tls) = &config.tls {
         // Operations forwarded to the leader's admin endpoint speak as this node.

@@ -70,6 +70,11 @@ fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<In
 }
 
 impl Metrics {
+    /// The registry, for metrics registered elsewhere (the store's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// A fresh set of metrics.
     ///
     /// # Errors

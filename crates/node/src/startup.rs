@@ -56,6 +56,8 @@ pub struct Config {
     /// `--certs-dir`: mutual TLS between peers, TLS on the Redis port and HTTPS
     /// with client certificates on the admin port; `None`: plain TCP everywhere.
     pub tls: Option<crate::tls::NodeTls>,
+    /// MVCC garbage collection (`--mvcc-retention`).
+    pub maintenance: crate::maintenance::MaintenanceConfig,
 }
 
 /// The first steps, up to the state machine: what exists before Raft starts.
@@ -342,16 +344,39 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
             }
         }));
     }
+    let backend = Arc::new(NodeBackend::new(
+        raft.clone(),
+        fsm_reader.clone(),
+        Arc::clone(&transport),
+        keyring
+            .as_ref()
+            .map(|k| (Arc::clone(&k.keyring), Arc::clone(&k.registered))),
+        Arc::clone(&metrics),
+    ));
+    let maintainer = Arc::new(crate::maintenance::Maintainer::new(
+        Arc::clone(&store),
+        fsm_reader,
+        raft.clone(),
+        Arc::clone(&backend) as Arc<dyn crate::maintenance::ProposeMaintenance>,
+        config.maintenance,
+        crate::maintenance::StoreMetrics::new(metrics.registry())
+            .context("register store metrics")?,
+    ));
+    tasks.push(tokio::spawn(
+        Arc::clone(&maintainer).run(until_stop(stopped.clone())),
+    ));
+    let rewrite_keyring = keyring.as_ref().map(|k| Arc::clone(&k.keyring));
+    let rewrite_allowed = Arc::new(move || match &rewrite_keyring {
+        None => Err(
+            "encryption is not enabled on this node: there is no key to rewrite under".to_string(),
+        ),
+        Some(k) if !k.storage_envelope_active() => Err(
+            "the storage envelope is not on yet: values would be rewritten in cleartext"
+                .to_string(),
+        ),
+        Some(_) => Ok(()),
+    });
     {
-        let backend = Arc::new(NodeBackend::new(
-            raft.clone(),
-            fsm_reader,
-            Arc::clone(&transport),
-            keyring
-                .as_ref()
-                .map(|k| (Arc::clone(&k.keyring), Arc::clone(&k.registered))),
-            Arc::clone(&metrics),
-        ));
         let stop = until_stop(stopped.clone());
         let resp_config = crate::resp::Config {
             sizes: config.sizes,
@@ -403,7 +428,8 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
             metrics,
             addresses: addresses.clone(),
             encryption: control,
-        });
+        })
+        .merge(crate::maintenance::routes(maintainer, rewrite_allowed));
         let stop = until_stop(stopped.clone());
         let admin_tls = config.tls.as_ref().map(|tls| tls.admin_acceptor.clone());
         tasks.push(tokio::spawn(async move {
@@ -572,6 +598,7 @@ mod tests {
             redis_password: None,
             insecure,
             tls: None,
+            maintenance: crate::maintenance::MaintenanceConfig::default(),
         }
     }
 

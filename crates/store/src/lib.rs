@@ -86,6 +86,7 @@ mod batch;
 #[cfg(feature = "testing")]
 pub mod conformance;
 mod dump;
+pub mod gc;
 #[cfg(any(test, feature = "testing"))]
 mod memory;
 pub mod mvcc;

@@ -15,7 +15,7 @@
 //! own log and is never part of a snapshot.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteOptions};
 
@@ -27,7 +27,7 @@ pub(crate) const CF_DATA: &str = "data";
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_REGISTRY: &str = "registry";
 pub(crate) const CF_RAFT: &str = "raft";
-const COLUMN_FAMILIES: [&str; 4] = [CF_DATA, CF_META, CF_REGISTRY, CF_RAFT];
+pub(crate) const COLUMN_FAMILIES: [&str; 4] = [CF_DATA, CF_META, CF_REGISTRY, CF_RAFT];
 
 pub(crate) const APPLIED_INDEX_KEY: &[u8] = b"applied_index";
 
@@ -74,6 +74,9 @@ pub struct RocksStore {
     db: Arc<DB>,
     path: PathBuf,
     options: RocksStoreOptions,
+    /// Held by a maintenance step (GC, rewrite) from its read to its write, and by
+    /// a snapshot install, which moves the generation it guards (see [`crate::gc`]).
+    maintenance: Mutex<u64>,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -121,6 +124,7 @@ impl RocksStore {
             db: Arc::new(db),
             path,
             options,
+            maintenance: Mutex::new(0),
         })
     }
 
@@ -169,6 +173,9 @@ impl RocksStore {
     /// [`StoreError::Backend`] when RocksDB fails.
     pub fn install_snapshot(&self, data: &[u8]) -> Result<()> {
         let decoded = dump::decode(data)?;
+        // No maintenance step runs across the install, and every pass restarts.
+        let mut generation = self.maintenance_guard();
+        *generation = generation.wrapping_add(1);
         let mut wb = rocksdb::WriteBatch::default();
         for (_, name) in dump::DUMPED_CFS {
             let handle = cf(&self.db, name)?;
@@ -190,6 +197,14 @@ impl RocksStore {
         self.db
             .write_opt(wb, &opts)
             .map_err(|e| backend("install snapshot", e))
+    }
+
+    /// The maintenance lock (a poisoned lock still guards: the generation it holds
+    /// is a plain counter).
+    pub(crate) fn maintenance_guard(&self) -> MutexGuard<'_, u64> {
+        self.maintenance
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn db(&self) -> &Arc<DB> {
