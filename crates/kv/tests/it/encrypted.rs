@@ -366,3 +366,77 @@ fn tombstones_are_sealed_and_cleartext_after_the_switch_is_an_integrity_error() 
         Err(ReadError::ClearAfterSwitch { .. })
     ));
 }
+
+/// The rewrite's decision: a cleartext value from before the switch is resealed
+/// under the active key at the same version and reads the same; a value already
+/// under the active key and a cleartext tombstone are kept; a version that does
+/// not open is refused, never laundered into a sealed one.
+#[test]
+fn reseal_moves_cleartext_under_the_active_key_and_refuses_what_does_not_open() {
+    let mut f = encrypted(false);
+    apply_each(
+        &mut f.fsm,
+        &[
+            request(vec![set("old", MARKER)]),
+            request(vec![set("gone", "x")]),
+            request(vec![sealkv_kv::Command::Delete {
+                keys: vec![b"gone".to_vec()],
+            }]),
+        ],
+    )
+    .expect("cleartext writes");
+    let mut switch = vec![OP_ROTATION];
+    switch.extend(EnvelopeSwitch::Storage.encode());
+    apply_each(&mut f.fsm, &[switch, request(vec![set("new", "after")])]).expect("apply");
+    let reader = f.fsm.reader();
+    let version = |key: &str| {
+        f.store
+            .get_at(key.as_bytes(), u64::MAX)
+            .expect("get")
+            .expect("present")
+    };
+
+    let old = version("old");
+    let sealkv_store::gc::Rewrite::Replace(sealed) = reader
+        .reseal(b"old", old.commit_version, old.value.clone())
+        .expect("reseal")
+    else {
+        panic!("a cleartext value must be resealed");
+    };
+    assert_eq!(sealed.header.encryption, EncryptionState::Encrypted);
+    assert_eq!(sealed.header.expire_at_ms, old.value.header.expire_at_ms);
+    assert!(!contains(&sealed.body, MARKER));
+    assert_eq!(sealkv_kv::envelope_key_id(&sealed.body), Some(1));
+    let mut batch = WriteBatch::new();
+    batch.put(b"old", old.commit_version, sealed).expect("put");
+    f.store.commit(batch).expect("commit");
+    assert_eq!(
+        f.fsm.get(b"old", NOW).expect("read"),
+        Some(MARKER.as_bytes().to_vec())
+    );
+    // Now under the active key: kept.
+    let resealed = version("old");
+    assert!(matches!(
+        reader.reseal(b"old", resealed.commit_version, resealed.value),
+        Ok(sealkv_store::gc::Rewrite::Keep)
+    ));
+    let new = version("new");
+    assert!(matches!(
+        reader.reseal(b"new", new.commit_version, new.value),
+        Ok(sealkv_store::gc::Rewrite::Keep)
+    ));
+    let gone = version("gone");
+    assert!(gone.value.header.tombstone);
+    assert!(matches!(
+        reader.reseal(b"gone", gone.commit_version, gone.value),
+        Ok(sealkv_store::gc::Rewrite::Keep)
+    ));
+    // A cleartext version above the switch was not written by the state machine.
+    let planted = sealkv_store::mvcc::StoredValue::clear(b"planted".to_vec(), 0);
+    assert!(matches!(
+        reader.reseal(b"new", new.commit_version + 100, planted),
+        Err(sealkv_kv::ResealError::Read(
+            ReadError::ClearAfterSwitch { .. }
+        ))
+    ));
+}

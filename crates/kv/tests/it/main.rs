@@ -4,5 +4,6 @@
 mod commands;
 mod dispatch;
 mod encrypted;
+mod maintenance;
 mod sizes;
 mod support;

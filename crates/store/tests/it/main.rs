@@ -2,6 +2,7 @@
 //! suites over RocksDB (and in-memory), the registry glue, durability across a
 //! reopen, and the Raft log storage with its state-machine snapshots.
 
+mod gc;
 mod glue;
 mod mvcc;
 mod raftlog;

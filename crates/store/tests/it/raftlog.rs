@@ -872,12 +872,12 @@ fn snapshot_dump_layout() {
 }
 
 /// Appends the SHA-256 of everything before it, as every dump ends.
-fn push_checksum(out: &mut Vec<u8>) {
+pub(crate) fn push_checksum(out: &mut Vec<u8>) {
     let sum = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, out);
     out.extend_from_slice(sum.as_ref());
 }
 
-fn push_record(out: &mut Vec<u8>, cf: u8, key: &[u8], value: &[u8]) {
+pub(crate) fn push_record(out: &mut Vec<u8>, cf: u8, key: &[u8], value: &[u8]) {
     out.push(cf);
     out.extend_from_slice(&(key.len() as u32).to_be_bytes());
     out.extend_from_slice(key);
