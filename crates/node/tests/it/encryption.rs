@@ -28,20 +28,20 @@ const SECOND: usize = 1000;
 const FILLER: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
 /// A prefix no earlier run left anywhere: `sealkv-marker-<random hex>-`.
-fn marker_prefix() -> String {
+pub(crate) fn marker_prefix() -> String {
     let random = RandomState::new().hash_one(Instant::now());
     format!("sealkv-marker-{random:016x}-")
 }
 
-fn marked_key(i: usize) -> String {
+pub(crate) fn marked_key(i: usize) -> String {
     format!("enc:{i}")
 }
 
-fn marked_value(prefix: &str, i: usize) -> String {
+pub(crate) fn marked_value(prefix: &str, i: usize) -> String {
     format!("{prefix}{i}-{FILLER}")
 }
 
-fn path_arg(path: &Path) -> &str {
+pub(crate) fn path_arg(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
@@ -52,7 +52,7 @@ fn generate_kek(path: &Path) {
 }
 
 /// A temp dir holding a freshly generated KEK file, and that file's path.
-fn with_kek() -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn with_kek() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let kek = dir.path().join("kek");
     generate_kek(&kek);
@@ -60,12 +60,12 @@ fn with_kek() -> (tempfile::TempDir, PathBuf) {
 }
 
 /// The flags of an encrypted node whose KEK is the file `kek`.
-fn encrypted_flags(kek: &Path) -> Vec<&str> {
+pub(crate) fn encrypted_flags(kek: &Path) -> Vec<&str> {
     vec!["--encryption-enabled", "--kek-file", path_arg(kek)]
 }
 
 /// `sealkv encryption status --json` of a node.
-fn encryption_status(node: &Node) -> Value {
+pub(crate) fn encryption_status(node: &Node) -> Value {
     let (ok, out, err) = run(sealkv().args([
         "encryption",
         "status",
@@ -78,7 +78,7 @@ fn encryption_status(node: &Node) -> Value {
 }
 
 /// Waits until the node shows its keys bootstrapped and both envelopes on.
-fn encryption_on(node: &Node) -> Value {
+pub(crate) fn encryption_on(node: &Node) -> Value {
     eventually(&format!("encryption on at node {}", node.id), LONG, || {
         let s = encryption_status(node);
         let on = s["bootstrapped"] == true
@@ -116,7 +116,7 @@ fn rotate(node: &Node, purpose: &str) {
 
 /// A SET retried until the node accepts it (TRYAGAIN while an election runs or the
 /// keys and envelopes are not on yet).
-fn set_eventually(node: &Node, key: &str, value: &str) {
+pub(crate) fn set_eventually(node: &Node, key: &str, value: &str) {
     eventually(&format!("SET {key} through node {}", node.id), LONG, || {
         let r: RedisResult<()> = node.try_redis()?.set(key, value);
         r.ok()
@@ -124,7 +124,7 @@ fn set_eventually(node: &Node, key: &str, value: &str) {
 }
 
 /// Writes the marked values `range` through `node`, pipelined.
-fn write_marked(node: &Node, prefix: &str, range: std::ops::Range<usize>) {
+pub(crate) fn write_marked(node: &Node, prefix: &str, range: std::ops::Range<usize>) {
     let mut conn = node.redis();
     let indexes: Vec<usize> = range.collect();
     for chunk in indexes.chunks(250) {
@@ -138,7 +138,7 @@ fn write_marked(node: &Node, prefix: &str, range: std::ops::Range<usize>) {
 }
 
 /// Reads the marked values `indexes` through `node`, pipelined, and checks each.
-fn read_marked(node: &Node, prefix: &str, indexes: &[usize]) {
+pub(crate) fn read_marked(node: &Node, prefix: &str, indexes: &[usize]) {
     let mut conn = node.redis();
     for chunk in indexes.chunks(250) {
         let mut pipe = redis::pipe();
@@ -162,21 +162,21 @@ fn read_marked(node: &Node, prefix: &str, indexes: &[usize]) {
 
 /// What a scan of a directory tree for a byte string found.
 #[derive(Debug, Default)]
-struct Scan {
+pub(crate) struct Scan {
     files: usize,
     bytes: u64,
     ssts: usize,
     sidecars: usize,
     /// Each file holding the needle: how often, and what follows its first three
     /// occurrences.
-    hits: Vec<Hit>,
+    pub(crate) hits: Vec<Hit>,
 }
 
 /// A file that holds the needle.
 #[derive(Debug)]
 #[allow(dead_code)] // read through `Debug` in failure messages
-struct Hit {
-    path: PathBuf,
+pub(crate) struct Hit {
+    pub(crate) path: PathBuf,
     count: usize,
     first: Vec<String>,
 }
@@ -224,7 +224,7 @@ impl Scan {
         }
     }
 
-    fn of(dirs: &[&Path], needle: &[u8]) -> Scan {
+    pub(crate) fn of(dirs: &[&Path], needle: &[u8]) -> Scan {
         let mut scan = Scan::default();
         for dir in dirs {
             scan.add(dir, needle);

@@ -7,6 +7,7 @@ mod cli;
 mod clients;
 mod cluster;
 mod encryption;
+mod lifecycle;
 mod limits;
 mod lost_state;
 mod resp;
