@@ -15,6 +15,11 @@
 //! | POST   | `/v1/encryption/register-writer` | propose this node's pending registrations |
 //! | POST   | `/v1/encryption/enable-envelope` | `{"envelope":"storage"}` or `"raft"` |
 //! | GET    | `/v1/encryption/writers/{id}` | on the leader, after a ReadIndex barrier: `{"rows": [{"dek_id", "last_seen_local_epoch"}]}` of node `id` |
+//! | GET    | `/v1/store/status`           | JSON `maintenance::StoreStatus` (GC, live data, compaction and rewrite progress) |
+//! | POST   | `/v1/store/compact`          | GC and RocksDB compaction on every node; answers once this node finished |
+//! | POST   | `/v1/encryption/rewrite`     | reseal every version not under the active storage key, on every node |
+//!
+//! The last three are `crate::maintenance::routes`, merged in by startup.
 //!
 //! A test build with the `failpoints` feature adds `/v1/failpoints` and
 //! `/v1/test/propose-raw` (see `crate::failpoints`) and a `failpoints` field in
