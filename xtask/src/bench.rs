@@ -10,8 +10,8 @@
 //! ```
 //!
 //! The bounded-disk run starts a three-node release cluster with
-//! `--mvcc-retention 0`, overwrites 20,000 keys of 1 KiB 20 times over
-//! (`redis-benchmark -r 20000 -d 1024`, 400,000 SETs), runs `sealkv store compact`,
+//! `--mvcc-retention 0`, overwrites 20,000 keys with 1 KiB of random bytes 20 times
+//! over (400,000 SETs from 8 pipelining clients), runs `sealkv store compact`,
 //! and prints each data dir's size against the live bytes the node reports: the
 //! ratio is what GC and compaction keep disk use to (the Raft log the driver keeps,
 //! `--compact-keep` and up to `--compact-threshold` entries, is part of it).
@@ -97,16 +97,63 @@ fn store_json(binary: &std::path::Path, verb: &str, i: u64) -> anyhow::Result<se
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-fn disk_run() -> anyhow::Result<()> {
-    const KEYS: &str = "20000";
-    const WRITES: &str = "400000";
-    if Command::new("redis-benchmark")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        bail!("redis-benchmark is not installed (Debian: apt-get install redis-tools)");
+/// Keys of the bounded-disk run, each overwritten `ROUNDS` times.
+const KEYS: u64 = 20_000;
+const ROUNDS: u64 = 20;
+const CLIENTS: u64 = 8;
+const PIPELINE: u64 = 64;
+
+/// One writer of the bounded-disk run: `SET disk:K <1 KiB of random bytes>` for its
+/// share of the keys (K ≡ `client` mod `CLIENTS`), `ROUNDS` times, pipelined, in
+/// RESP written by hand (random values, unlike redis-benchmark's repeated `x`, do
+/// not compress, so the disk figures are not flattered by RocksDB's compression).
+fn overwrite(addr: &str, client: u64) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = std::io::BufWriter::new(stream);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (client + 1);
+    let mut random = move || {
+        // xorshift64*: fast, and plenty for bytes that must not compress.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let keys: Vec<u64> = (client..KEYS).step_by(usize::try_from(CLIENTS)?).collect();
+    let mut value = vec![0u8; 1024];
+    let mut line = String::new();
+    for _ in 0..ROUNDS {
+        for chunk in keys.chunks(usize::try_from(PIPELINE)?) {
+            for k in chunk {
+                for word in value.chunks_mut(8) {
+                    let bytes = random().to_le_bytes();
+                    word.copy_from_slice(&bytes[..word.len()]);
+                }
+                let key = format!("disk:{k}");
+                write!(
+                    writer,
+                    "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+                    key.len(),
+                    value.len()
+                )?;
+                writer.write_all(&value)?;
+                writer.write_all(b"\r\n")?;
+            }
+            writer.flush()?;
+            for _ in chunk {
+                line.clear();
+                reader.read_line(&mut line)?;
+                if line != "+OK\r\n" {
+                    bail!("SET answered {line:?}");
+                }
+            }
+        }
     }
+    Ok(())
+}
+
+fn disk_run() -> anyhow::Result<()> {
     let binary = cluster::build_release()?;
     let base = workspace_root().join("target").join("sealkv-bench-disk");
     if base.exists() {
@@ -120,30 +167,22 @@ fn disk_run() -> anyhow::Result<()> {
         &["--mvcc-retention", "0"],
     )?);
     let leader = wait_for_leader(&binary, Duration::from_secs(30))?;
-    let redis_port = (u64::from(PORTS.redis) + leader - 1).to_string();
     let started = Instant::now();
-    run(
-        &format!("redis-benchmark -t set -n {WRITES} -r {KEYS} -d 1024 -c 50 -P 16"),
-        Command::new("redis-benchmark").args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &redis_port,
-            "-t",
-            "set",
-            "-n",
-            WRITES,
-            "-r",
-            KEYS,
-            "-d",
-            "1024",
-            "-c",
-            "50",
-            "-P",
-            "16",
-            "-q",
-        ]),
-    )?;
+    eprintln!(
+        "==> {ROUNDS} rounds of SET over {KEYS} keys, 1 KiB of random bytes each, {CLIENTS} clients pipelining {PIPELINE}"
+    );
+    let addr = Ports::addr(PORTS.redis, leader);
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let addr = addr.clone();
+            std::thread::spawn(move || overwrite(&addr, c))
+        })
+        .collect();
+    for client in clients {
+        client
+            .join()
+            .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+    }
     let written = started.elapsed();
     let before: Vec<u64> = (1..=NODES)
         .map(|i| dir_bytes(&base.join(format!("node{i}"))))
@@ -169,8 +208,10 @@ fn disk_run() -> anyhow::Result<()> {
     let compacted = started.elapsed();
     eprintln!();
     eprintln!(
-        "{WRITES} SETs of 1 KiB over {KEYS} keys in {:.1}s; GC and compaction on every node in {:.1}s",
+        "{} SETs of 1 KiB over {KEYS} keys in {:.1}s ({:.0}/s); GC and compaction on every node in {:.1}s",
+        KEYS * ROUNDS,
         written.as_secs_f64(),
+        (KEYS * ROUNDS) as f64 / written.as_secs_f64(),
         compacted.as_secs_f64()
     );
     eprintln!(

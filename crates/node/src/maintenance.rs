@@ -50,6 +50,8 @@ use crate::resp::{ApiError, Backend};
 pub const STEP_BUDGET: usize = 1024;
 /// How often the applied index is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// How long `POST /v1/store/compact` waits for this node's compaction.
+const COMPACT_WAIT: Duration = Duration::from_secs(600);
 /// How long the worker sleeps when there is nothing to do.
 const IDLE: Duration = Duration::from_millis(250);
 
@@ -273,6 +275,9 @@ pub enum MaintenanceError {
     /// The worker stopped before it finished.
     #[error("the maintenance worker stopped")]
     Stopped,
+    /// The compaction asked for is still running on this node.
+    #[error("compaction {0} is still running on this node; follow it with `sealkv store status`")]
+    StillRunning(u64),
 }
 
 impl Maintainer {
@@ -380,10 +385,16 @@ impl Maintainer {
             COMPACT_REQUEST_META_KEY,
         )?;
         let mut done = self.done.subscribe();
-        done.wait_for(|(compacted, _)| *compacted >= wanted)
-            .await
-            .map_err(|_| MaintenanceError::Stopped)?;
-        Ok(self.status())
+        match tokio::time::timeout(
+            COMPACT_WAIT,
+            done.wait_for(|(compacted, _)| *compacted >= wanted),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(self.status()),
+            Ok(Err(_)) => Err(MaintenanceError::Stopped),
+            Err(_) => Err(MaintenanceError::StillRunning(wanted)),
+        }
     }
 
     /// Proposes a rewrite; answers with the request's index once this node applied
@@ -579,10 +590,12 @@ impl Maintainer {
             Ok(Err(e)) => {
                 tracing::error!("compaction failed: {e}");
                 self.status_mut().last_error = Some(e.to_string());
+                tokio::time::sleep(SAMPLE_EVERY).await;
                 false
             }
             Err(e) => {
                 tracing::error!("compaction task failed: {e}");
+                tokio::time::sleep(SAMPLE_EVERY).await;
                 false
             }
         }
@@ -699,7 +712,9 @@ async fn store_status(State(routes): State<Routes>) -> Json<StoreStatus> {
 
 fn failure(e: &MaintenanceError) -> Response {
     let code = match e {
-        MaintenanceError::Propose(ApiError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+        MaintenanceError::Propose(ApiError::Timeout) | MaintenanceError::StillRunning(_) => {
+            StatusCode::GATEWAY_TIMEOUT
+        }
         MaintenanceError::Propose(_) | MaintenanceError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         MaintenanceError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };

@@ -11,7 +11,8 @@ use redis::{Commands, RedisResult};
 use serde_json::Value;
 
 use crate::encryption::{
-    Scan, encrypted_flags, encryption_on, marker_prefix, read_marked, with_kek, write_marked,
+    Scan, encrypted_flags, encryption_on, marked_key, marked_value, marker_prefix, read_marked,
+    with_kek, write_marked,
 };
 use crate::support::*;
 
@@ -180,7 +181,7 @@ fn a_migrated_cluster_holds_no_cleartext_after_rewrite_and_compaction() {
     let mut c = Cluster::start(3, &["--mvcc-retention", "0"]);
     let prefix = marker_prefix();
     let leader = c.leader();
-    const VALUES: usize = 600;
+    const VALUES: usize = 2000;
     write_marked(c.node(leader), &prefix, 0..VALUES);
     // Older versions in cleartext too.
     write_marked(c.node(leader), &prefix, 0..VALUES / 2);
@@ -225,6 +226,29 @@ fn a_migrated_cluster_holds_no_cleartext_after_rewrite_and_compaction() {
         );
     }
 
+    // Readers on every node check marked values while the rewrite runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = c
+        .nodes
+        .iter()
+        .map(|node| {
+            let (stop, addr, prefix) = (Arc::clone(&stop), node.redis.clone(), prefix.clone());
+            std::thread::spawn(move || {
+                let mut conn = redis::Client::open(format!("redis://{addr}"))
+                    .and_then(|c| c.get_connection())
+                    .expect("reader connection");
+                let mut checked = 0usize;
+                while !stop.load(Ordering::Acquire) || checked == 0 {
+                    let i = checked * 7 % VALUES;
+                    let got: Option<String> = conn.get(marked_key(i)).expect("GET during rewrite");
+                    assert_eq!(got, Some(marked_value(&prefix, i)), "{addr}");
+                    checked += 1;
+                }
+                checked
+            })
+        })
+        .collect();
+
     // Rewrite on every node, waiting for the node asked; then for the others.
     let (ok, out, err) = run(sealkv().args([
         "encryption",
@@ -247,6 +271,10 @@ fn a_migrated_cluster_holds_no_cleartext_after_rewrite_and_compaction() {
             "node {}: {status}",
             node.id
         );
+    }
+    stop.store(true, Ordering::Release);
+    for reader in readers {
+        assert!(reader.join().expect("reader") > 0);
     }
     // Every value still reads on every node, and a second rewrite finds nothing.
     for node in &c.nodes {
