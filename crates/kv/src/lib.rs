@@ -63,6 +63,7 @@ macro_rules! fail_point {
 
 mod command;
 mod fsm;
+pub mod usage;
 
 pub use command::{
     COMMAND_VERSION, Command, CommandError, ENTRY_HEADROOM, KvRequest, MAX_ENTRY_BYTES, OP_KV,
@@ -73,3 +74,4 @@ pub use fsm::{
     ENCRYPTION_META_KEY, Entry, EntryOutcome, Halt, HaltCause, Halted, KvFsm, LiveValue, Outcome,
     ReadError, Reader, Refusal, Reply, UserError, error_chain,
 };
+pub use usage::{VersionsByKey, versions_by_key};
