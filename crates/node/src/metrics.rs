@@ -241,7 +241,6 @@ impl Metrics {
         self.halted.set(i64::from(status.halted.is_some()));
     }
 
-    /// Records the keyring's state.
     /// Whether a scrape should start a usage scan: none ran within
     /// [`USAGE_REFRESH`] and none is running. Marks one as running.
     pub fn usage_refresh_due(&self) -> bool {
@@ -287,6 +286,7 @@ impl Metrics {
             .0 = Some(Instant::now());
     }
 
+    /// Records the keyring's state.
     pub fn observe_keys(&self, status: &KeyringStatus) {
         // A retired key leaves the keyring: drop its series too.
         self.encryptions.reset();
