@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::support::*;
 
-const LONG: Duration = Duration::from_secs(30);
+pub(crate) const LONG: Duration = Duration::from_secs(30);
 
 /// Values written in the first phase of the cleartext scan, and after the rotations.
 const FIRST: usize = 3000;
@@ -28,16 +28,16 @@ const SECOND: usize = 1000;
 const FILLER: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
 /// A prefix no earlier run left anywhere: `sealkv-marker-<random hex>-`.
-fn marker_prefix() -> String {
+pub(crate) fn marker_prefix() -> String {
     let random = RandomState::new().hash_one(Instant::now());
     format!("sealkv-marker-{random:016x}-")
 }
 
-fn marked_key(i: usize) -> String {
+pub(crate) fn marked_key(i: usize) -> String {
     format!("enc:{i}")
 }
 
-fn marked_value(prefix: &str, i: usize) -> String {
+pub(crate) fn marked_value(prefix: &str, i: usize) -> String {
     format!("{prefix}{i}-{FILLER}")
 }
 
@@ -52,7 +52,7 @@ fn generate_kek(path: &Path) {
 }
 
 /// A temp dir holding a freshly generated KEK file, and that file's path.
-fn with_kek() -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn with_kek() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let kek = dir.path().join("kek");
     generate_kek(&kek);
@@ -60,12 +60,12 @@ fn with_kek() -> (tempfile::TempDir, PathBuf) {
 }
 
 /// The flags of an encrypted node whose KEK is the file `kek`.
-fn encrypted_flags(kek: &Path) -> Vec<&str> {
+pub(crate) fn encrypted_flags(kek: &Path) -> Vec<&str> {
     vec!["--encryption-enabled", "--kek-file", path_arg(kek)]
 }
 
 /// `sealkv encryption status --json` of a node.
-fn encryption_status(node: &Node) -> Value {
+pub(crate) fn encryption_status(node: &Node) -> Value {
     let (ok, out, err) = run(sealkv().args([
         "encryption",
         "status",
@@ -78,7 +78,7 @@ fn encryption_status(node: &Node) -> Value {
 }
 
 /// Waits until the node shows its keys bootstrapped and both envelopes on.
-fn encryption_on(node: &Node) -> Value {
+pub(crate) fn encryption_on(node: &Node) -> Value {
     eventually(&format!("encryption on at node {}", node.id), LONG, || {
         let s = encryption_status(node);
         let on = s["bootstrapped"] == true
@@ -100,7 +100,7 @@ fn local_epoch(status: &Value, key_id: u64) -> u64 {
 }
 
 /// `sealkv encryption rotate-dek --purpose PURPOSE`, which must succeed.
-fn rotate(node: &Node, purpose: &str) {
+pub(crate) fn rotate(node: &Node, purpose: &str) {
     let (ok, out, err) = run(sealkv().args([
         "encryption",
         "rotate-dek",
@@ -116,7 +116,7 @@ fn rotate(node: &Node, purpose: &str) {
 
 /// A SET retried until the node accepts it (TRYAGAIN while an election runs or the
 /// keys and envelopes are not on yet).
-fn set_eventually(node: &Node, key: &str, value: &str) {
+pub(crate) fn set_eventually(node: &Node, key: &str, value: &str) {
     eventually(&format!("SET {key} through node {}", node.id), LONG, || {
         let r: RedisResult<()> = node.try_redis()?.set(key, value);
         r.ok()
@@ -124,7 +124,7 @@ fn set_eventually(node: &Node, key: &str, value: &str) {
 }
 
 /// Writes the marked values `range` through `node`, pipelined.
-fn write_marked(node: &Node, prefix: &str, range: std::ops::Range<usize>) {
+pub(crate) fn write_marked(node: &Node, prefix: &str, range: std::ops::Range<usize>) {
     let mut conn = node.redis();
     let indexes: Vec<usize> = range.collect();
     for chunk in indexes.chunks(250) {
@@ -138,7 +138,7 @@ fn write_marked(node: &Node, prefix: &str, range: std::ops::Range<usize>) {
 }
 
 /// Reads the marked values `indexes` through `node`, pipelined, and checks each.
-fn read_marked(node: &Node, prefix: &str, indexes: &[usize]) {
+pub(crate) fn read_marked(node: &Node, prefix: &str, indexes: &[usize]) {
     let mut conn = node.redis();
     for chunk in indexes.chunks(250) {
         let mut pipe = redis::pipe();
@@ -770,7 +770,7 @@ fn tampered_value_is_an_integrity_error_and_counted() {
 }
 
 /// `key` as `node` has applied it (a stale read), once it equals `value`.
-fn converges_stale(node: &Node, key: &str, value: &str) {
+pub(crate) fn converges_stale(node: &Node, key: &str, value: &str) {
     eventually(&format!("node {} to apply {key}", node.id), LONG, || {
         let mut conn = node.try_redis()?;
         redis::cmd("READONLY").query::<()>(&mut conn).ok()?;
