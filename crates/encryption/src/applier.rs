@@ -723,7 +723,12 @@ impl Applier {
         if keyring.contains_key(rot.dek_id) {
             return reject(Rejection::KeyIdInUse { key_id: rot.dek_id });
         }
-        if let Some(above) = keyring.key_ids().into_iter().max().filter(|&m| m > rot.dek_id) {
+        if let Some(above) = keyring
+            .key_ids()
+            .into_iter()
+            .max()
+            .filter(|&m| m > rot.dek_id)
+        {
             return reject(Rejection::KeyIdNotAbove {
                 key_id: rot.dek_id,
                 above,

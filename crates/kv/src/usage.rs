@@ -107,14 +107,18 @@ mod tests {
         let store = MemoryStore::new();
         let mut batch = WriteBatch::new();
         // Three versions of one key: old ones count as much as the newest.
-        batch.put(b"a", 1, StoredValue::clear(b"v1".to_vec(), 0)).unwrap();
+        batch
+            .put(b"a", 1, StoredValue::clear(b"v1".to_vec(), 0))
+            .unwrap();
         batch.put(b"a", 2, sealed(1, false)).unwrap();
         batch.put(b"a", 3, sealed(5, false)).unwrap();
         // A sealed tombstone needs its key to be read; a clear one needs nothing.
         batch.put(b"b", 4, sealed(5, true)).unwrap();
         batch.put(b"c", 5, StoredValue::tombstone()).unwrap();
         // An expired value is still a version on disk.
-        batch.put(b"d", 6, StoredValue::clear(b"x".to_vec(), 1)).unwrap();
+        batch
+            .put(b"d", 6, StoredValue::clear(b"x".to_vec(), 1))
+            .unwrap();
         let mut short = sealed(5, false);
         short.body.truncate(HEADER_LEN - 1);
         batch.put(b"e", 7, short).unwrap();

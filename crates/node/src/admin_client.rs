@@ -169,7 +169,10 @@ pub fn summarize_encryption(status: &Value) -> String {
             counts.join(", ")
         ));
     }
-    if let Some(retired) = status["retired_key_ids"].as_array().filter(|r| !r.is_empty()) {
+    if let Some(retired) = status["retired_key_ids"]
+        .as_array()
+        .filter(|r| !r.is_empty())
+    {
         let ids: Vec<String> = retired.iter().map(Value::to_string).collect();
         out.push_str(&format!("\nretired key ids: {}", ids.join(", ")));
     }

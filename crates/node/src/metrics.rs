@@ -11,8 +11,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use sealkv_encryption::keyring::KeyringStatus;
-use sealkv_kv::VersionsByKey;
 use sealkv_fsmwire::Purpose;
+use sealkv_kv::VersionsByKey;
 
 use crate::consensus::{RaftStatus, Role};
 

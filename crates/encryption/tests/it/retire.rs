@@ -2,12 +2,12 @@
 //! the keyring and the sidecar, replays harmlessly, refuses deterministically, and
 //! never lets a retired id be issued again.
 
+use sealkv_encryption::WriterRegistryStore;
 use sealkv_encryption::applier::{Applied, ApplyError, KeyRetirement, Rejection};
 use sealkv_encryption::durable::DurableStep;
 use sealkv_encryption::keyring::VALUE_HEADER_LEN;
 use sealkv_encryption::registry::WriterKey;
 use sealkv_encryption::sidecar::{from_json, sidecar_path};
-use sealkv_encryption::WriterRegistryStore;
 use sealkv_fsmwire::{OP_BOOTSTRAP, OP_ROTATION, Purpose};
 
 use crate::keyfixture::{NODE, Node, OTHER, bootstrap, rotation, row, sidecar_on_disk};
@@ -21,7 +21,11 @@ fn retire(node: &Node, index: u64, key_id: u32) -> Result<Applied, ApplyError> {
 
 /// Bootstrap at 10 (storage 1, raft 2), rotation of storage to 3 at 20.
 fn rotated(node: &Node) {
-    let boot = bootstrap(1, 2, vec![row(1, NODE, 1), row(2, NODE, 1), row(1, OTHER, 1)]);
+    let boot = bootstrap(
+        1,
+        2,
+        vec![row(1, NODE, 1), row(2, NODE, 1), row(1, OTHER, 1)],
+    );
     node.applier
         .apply(10, OP_BOOTSTRAP, &boot.encode().expect("encode"))
         .expect("bootstrap");
@@ -34,16 +38,26 @@ fn rotated(node: &Node) {
 #[test]
 fn retirement_removes_the_key_from_keyring_and_sidecar() {
     let node = Node::fresh();
-    let boot = bootstrap(1, 2, vec![row(1, NODE, 1), row(2, NODE, 1), row(1, OTHER, 1)]);
+    let boot = bootstrap(
+        1,
+        2,
+        vec![row(1, NODE, 1), row(2, NODE, 1), row(1, OTHER, 1)],
+    );
     node.applier
         .apply(10, OP_BOOTSTRAP, &boot.encode().expect("encode"))
         .expect("bootstrap");
-    let under_1 = node.keyring.seal_storage(b"v", &HEADER, b"k").expect("seal");
+    let under_1 = node
+        .keyring
+        .seal_storage(b"v", &HEADER, b"k")
+        .expect("seal");
     let rot = rotation(3, Purpose::Storage, NODE, 1);
     node.applier
         .apply(20, OP_ROTATION, &rot.encode().expect("encode"))
         .expect("rotate");
-    let under_3 = node.keyring.seal_storage(b"w", &HEADER, b"k2").expect("seal");
+    let under_3 = node
+        .keyring
+        .seal_storage(b"w", &HEADER, b"k2")
+        .expect("seal");
 
     assert_eq!(
         retire(&node, 30, 1).expect("retire"),
@@ -113,7 +127,12 @@ fn a_replay_changes_nothing_even_after_a_crash_before_the_applied_index() {
         }
     );
     assert_eq!(node.keyring.key_ids(), [2, 3]);
-    assert_eq!(sidecar_on_disk(node.path()).expect("sidecar").raft_applied_index, 30);
+    assert_eq!(
+        sidecar_on_disk(node.path())
+            .expect("sidecar")
+            .raft_applied_index,
+        30
+    );
 }
 
 #[test]
@@ -129,7 +148,10 @@ fn a_crash_inside_the_sidecar_write_leaves_the_key_until_the_replay() {
         let applied = retire(&node, 30, 1).expect("replay");
         // Whether the new file landed or not, the key ends up gone.
         assert!(
-            matches!(applied, Applied::Retired { key_id: 1 } | Applied::Replayed { .. }),
+            matches!(
+                applied,
+                Applied::Retired { key_id: 1 } | Applied::Replayed { .. }
+            ),
             "{step:?}: {applied:?}"
         );
         let node = node.restart();
@@ -236,7 +258,10 @@ fn a_retired_id_is_never_issued_again() {
             .apply(40, OP_ROTATION, &reuse.encode().expect("encode"))
             .expect("a refusal"),
         Applied::Rejected {
-            reason: Rejection::KeyIdNotAbove { key_id: 1, above: 3 }
+            reason: Rejection::KeyIdNotAbove {
+                key_id: 1,
+                above: 3
+            }
         }
     );
     assert_eq!(node.keyring.key_ids(), [2, 3]);
@@ -268,7 +293,11 @@ fn a_node_adopting_state_after_a_retirement_drops_the_key() {
 
     retire(&a, 30, 1).expect("retire");
     let shared = a.keyring.shared_json().expect("json").expect("state");
-    assert!(b.keyring.adopt(&shared, b.registry.as_ref()).expect("adopt"));
+    assert!(
+        b.keyring
+            .adopt(&shared, b.registry.as_ref())
+            .expect("adopt")
+    );
     assert_eq!(b.keyring.key_ids(), [2, 3]);
     let doc = sidecar_on_disk(b.path()).expect("sidecar");
     assert!(doc.key(1).is_none());

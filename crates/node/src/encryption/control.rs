@@ -399,7 +399,12 @@ impl Control {
         // another key active in `key_id`'s place included.
         let since = self.keyring.sidecar_applied_index();
         let status = self.raft.status();
-        let mut members: Vec<u64> = status.voters.iter().chain(&status.learners).copied().collect();
+        let mut members: Vec<u64> = status
+            .voters
+            .iter()
+            .chain(&status.learners)
+            .copied()
+            .collect();
         members.sort_unstable();
         members.dedup();
         for member in members {

@@ -36,7 +36,6 @@ use std::time::Duration;
 use raft::{GetEntriesContext, Storage as _};
 use sealkv_encryption::WriterRegistryStore;
 use sealkv_encryption::applier::{EnvelopeSwitch, KeyRetirement};
-use sealkv_kv::VersionsByKey;
 use sealkv_encryption::envelope::Dek;
 use sealkv_encryption::kek::{KekProvider, wrap_dek};
 use sealkv_encryption::keyring::{Keyring, KeyringError};
@@ -46,6 +45,7 @@ use sealkv_fsmwire::{
     BootstrapPayload, OP_BOOTSTRAP, OP_REGISTRATION, OP_ROTATION, Purpose, RegistrationPayload,
     RotationPayload, RotationSubtag,
 };
+use sealkv_kv::VersionsByKey;
 use sealkv_store::RaftLog;
 
 use crate::consensus::transport::Transport;

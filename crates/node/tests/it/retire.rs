@@ -84,7 +84,10 @@ fn retire_dek_refuses_while_needed_and_removes_an_unused_key_everywhere() {
         assert_eq!(counts["3"], 200, "node {}: {status}", node.id);
         assert!(counts["1"].is_null(), "node {}: {status}", node.id);
         assert_eq!(counts["clear"], 0, "node {}: {status}", node.id);
-        assert!(status["versions_applied_index"].as_u64() > Some(0), "{status}");
+        assert!(
+            status["versions_applied_index"].as_u64() > Some(0),
+            "{status}"
+        );
         // The status call refreshed the gauges.
         assert_eq!(node.metric(r#"sealkv_versions_by_key{key_id="3"}"#), 200);
     }
@@ -191,7 +194,12 @@ fn retire_dek_refuses_while_needed_and_removes_an_unused_key_everywhere() {
     let leader = c.leader();
     for node in &c.nodes {
         let status = encryption_on(node);
-        assert_eq!(loaded_keys(&status), [2, 3, 4], "node {}: {status}", node.id);
+        assert_eq!(
+            loaded_keys(&status),
+            [2, 3, 4],
+            "node {}: {status}",
+            node.id
+        );
         assert_eq!(sidecar_keys(node), [2, 3, 4], "node {}", node.id);
     }
     // A later rotation takes an id above every id ever issued, not the free 1.
