@@ -123,6 +123,10 @@ pub fn decode_snapshot_dump(data: &[u8]) -> Result<Vec<DumpRow<'_>>> {
         .collect())
 }
 
+/// The visitor of [`KvStore::scan_versions`]: a version's physical key, decoded
+/// header and body; it returns `false` to stop the scan.
+pub type VersionVisitor<'a> = dyn FnMut(&[u8], &mvcc::ValueHeader, &[u8]) -> bool + 'a;
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -218,8 +222,5 @@ pub trait KvStore: Send + Sync {
     /// # Errors
     /// [`StoreError::Corrupt`] for a value whose header does not decode;
     /// [`StoreError::Backend`] when the store fails.
-    fn scan_versions(
-        &self,
-        visit: &mut dyn FnMut(&[u8], &mvcc::ValueHeader, &[u8]) -> bool,
-    ) -> Result<u64>;
+    fn scan_versions(&self, visit: &mut VersionVisitor<'_>) -> Result<u64>;
 }

@@ -84,10 +84,7 @@ impl KvStore for MemoryStore {
         Ok(())
     }
 
-    fn scan_versions(
-        &self,
-        visit: &mut dyn FnMut(&[u8], &crate::mvcc::ValueHeader, &[u8]) -> bool,
-    ) -> Result<u64> {
+    fn scan_versions(&self, visit: &mut crate::VersionVisitor<'_>) -> Result<u64> {
         let inner = self.inner();
         for ((key, Reverse(commit_version)), value) in &inner.versions {
             let physical = crate::mvcc::physical_key(key, *commit_version);

@@ -272,10 +272,7 @@ impl KvStore for RocksStore {
         iter.status().map_err(|e| backend("scan values", e))
     }
 
-    fn scan_versions(
-        &self,
-        visit: &mut dyn FnMut(&[u8], &mvcc::ValueHeader, &[u8]) -> bool,
-    ) -> Result<u64> {
+    fn scan_versions(&self, visit: &mut crate::VersionVisitor<'_>) -> Result<u64> {
         // One explicit snapshot, so that the applied index and every version come
         // from the same point in the apply order.
         let snapshot = self.db.snapshot();
