@@ -77,6 +77,14 @@
 //! sealing, and a fresh key's first epoch comes from its registry row, which no
 //! earlier load can have used because the key did not exist.
 //!
+//! # Key retirement
+//!
+//! A `0x05` entry with subtag `0x04` ([`KeyRetirement`]) removes a storage key that
+//! is loaded and not active from the keyring and the sidecar
+//! ([`Applier::apply_retirement`]); anything else is [`Applied::Rejected`]. A
+//! replay is recognised by the sidecar index, as for the envelope switches. The
+//! key's registry rows stay.
+//!
 //! The opcodes `0x06` and `0x07` are reserved and fail with
 //! [`ApplyError::UnsupportedOpcode`].
 
