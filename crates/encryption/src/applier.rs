@@ -36,8 +36,8 @@
 //!    ([`Rejection::Superseded`]), whatever the current state would say.
 //! 2. **Deterministic refusals** ([`Applied::Rejected`]): bootstrap when keys are
 //!    already active, with a key id of 0, or with equal storage and raft ids;
-//!    rotation before bootstrap, to key id 0 or to an id already loaded, or with a
-//!    proposer row for another key.
+//!    rotation before bootstrap, to key id 0, to an id already loaded or below a
+//!    loaded one, or with a proposer row for another key.
 //! 3. **Plan the registry rows** by the registration rules against the registry,
 //!    without writing. A collision or rollback halts with nothing changed.
 //! 4. **Unwrap** the DEKs with the KEK; failure halts with nothing changed.
@@ -77,6 +77,14 @@
 //! sealing, and a fresh key's first epoch comes from its registry row, which no
 //! earlier load can have used because the key did not exist.
 //!
+//! # Key retirement
+//!
+//! A `0x05` entry with subtag `0x04` ([`KeyRetirement`]) removes a storage key that
+//! is loaded and not active from the keyring and the sidecar
+//! ([`Applier::apply_retirement`]); anything else is [`Applied::Rejected`]. A
+//! replay is recognised by the sidecar index, as for the envelope switches. The
+//! key's registry rows stay.
+//!
 //! The opcodes `0x06` and `0x07` are reserved and fail with
 //! [`ApplyError::UnsupportedOpcode`].
 
@@ -90,6 +98,7 @@ use sealkv_fsmwire::{
 
 use crate::keyring::{Keyring, KeyringError, NewKey};
 use crate::registry::{WriterKey, WriterRecord};
+pub use crate::retire::KeyRetirement;
 use crate::sidecar::Sidecar;
 use crate::store::{RegistryStoreError, WriterRegistryStore};
 
@@ -158,6 +167,12 @@ pub enum ApplyError {
     /// the entry, or the sidecar could not be written.
     #[error("keyring")]
     Keyring(#[from] KeyringError),
+    /// Returned by [`Applier::precheck`] only, never by [`Applier::apply`]: the
+    /// applier would refuse this entry ([`Applied::Rejected`]) in the current state,
+    /// so it is not worth a place in the log. Used for key retirements, which must
+    /// never reach the log when they cannot apply.
+    #[error("would be refused: {0}")]
+    WouldReject(Rejection),
 }
 
 /// Result of applying an encryption entry.
@@ -210,6 +225,12 @@ pub enum Applied {
         switch: EnvelopeSwitch,
         /// The Raft envelope cutover index now in force (0: none).
         raft_cutover_index: u64,
+    },
+    /// A key retirement (`0x05`, subtag `0x04`) removed a storage key from the
+    /// keyring and the sidecar ([`KeyRetirement`]).
+    Retired {
+        /// The removed key.
+        key_id: u32,
     },
     /// A deterministic refusal: nothing changed, every replica refuses the same way,
     /// and the entry counts as applied.
@@ -323,6 +344,17 @@ pub enum Rejection {
         /// The key id.
         key_id: u32,
     },
+    /// A rotation installs a key id below a loaded one. Every rotation takes an id
+    /// above every id in use, and a retired key's id is always below the active key
+    /// of its purpose (which replaced it and is never retired), so this refusal
+    /// keeps a retired id from being issued again.
+    #[error("key id {key_id} is not above loaded key {above}")]
+    KeyIdNotAbove {
+        /// The key id.
+        key_id: u32,
+        /// The loaded key above it.
+        above: u32,
+    },
     /// A rotation's proposer row registers another key than the one it installs.
     #[error("proposer row registers key {row_key_id}, not the new key {key_id}")]
     ProposerKeyMismatch {
@@ -339,6 +371,29 @@ pub enum Rejection {
         key_id: u32,
         /// The key with the same bytes.
         same_as: u32,
+    },
+    /// A retirement names a key id that is not loaded (never issued, retired
+    /// already, or 0).
+    #[error("key {key_id} is not a loaded key")]
+    UnknownKey {
+        /// The key id.
+        key_id: u32,
+    },
+    /// A retirement names the active key of its purpose.
+    #[error("key {key_id} is the active {purpose} key")]
+    ActiveKey {
+        /// The key id.
+        key_id: u32,
+        /// Its purpose.
+        purpose: Purpose,
+    },
+    /// A retirement names a raft-purpose key: Raft log entries sealed under it may
+    /// still be read (replayed, sent to a follower), and retiring raft keys is not
+    /// built.
+    #[error("key {key_id} is a raft key; only storage keys can be retired")]
+    RaftKey {
+        /// The key id.
+        key_id: u32,
     },
     /// The sidecar is already past this entry and does not hold its keys: the entry
     /// was refused when it was first applied, and a replay refuses it again.
@@ -443,6 +498,15 @@ impl Applier {
                 {
                     return Ok(());
                 }
+                if let Some(retire) = KeyRetirement::decode(payload).map_err(decode_err)? {
+                    let Some(keyring) = &self.keyring else {
+                        return Err(ApplyError::KekNotConfigured { opcode });
+                    };
+                    return match retire_refusal(keyring, retire.key_id) {
+                        Some(reason) => Err(ApplyError::WouldReject(reason)),
+                        None => Ok(()),
+                    };
+                }
                 let rot = RotationPayload::decode(payload).map_err(decode_err)?;
                 vec![rot.proposer_registration]
             }
@@ -465,6 +529,9 @@ impl Applier {
             OP_ROTATION => {
                 if let Some(kind) = EnvelopeSwitch::decode(payload).map_err(decode_err)? {
                     return self.apply_envelope_switch(index, kind);
+                }
+                if let Some(retire) = KeyRetirement::decode(payload).map_err(decode_err)? {
+                    return self.apply_retirement(index, retire);
                 }
                 let rot = RotationPayload::decode(payload).map_err(decode_err)?;
                 self.apply_rotation(index, &rot)
@@ -599,6 +666,41 @@ impl Applier {
         })
     }
 
+    /// Applies a key retirement ([`KeyRetirement`]): removes the key from the
+    /// keyring and the sidecar ([`Keyring::retire`]). Deterministic on every
+    /// replica: the decision depends only on the key state, which every replica
+    /// holds alike at the same index. Refused ([`Applied::Rejected`]) when the key
+    /// is not loaded, is active, or is a raft key, and before bootstrap. A replay
+    /// (the sidecar already reflects the entry's index) changes nothing.
+    ///
+    /// The writer-registry rows of the key stay: they record which epochs were
+    /// used under it, and they keep its id above a later rotation's choice (a
+    /// rotation takes an id above every id in the keyring and the registry), so a
+    /// retired id is never issued again.
+    ///
+    /// # Errors
+    /// [`ApplyError::KekNotConfigured`] without a keyring; [`ApplyError::Keyring`]
+    /// when the sidecar cannot be written.
+    pub fn apply_retirement(&self, index: u64, retire: KeyRetirement) -> Result<Applied> {
+        let Some(keyring) = &self.keyring else {
+            return Err(ApplyError::KekNotConfigured {
+                opcode: OP_ROTATION,
+            });
+        };
+        if keyring.sidecar_applied_index() >= index && keyring.has_sidecar() {
+            return Ok(Applied::Replayed {
+                opcode: OP_ROTATION,
+            });
+        }
+        if let Some(reason) = retire_refusal(keyring, retire.key_id) {
+            return Ok(Applied::Rejected { reason });
+        }
+        keyring.retire(index, retire.key_id)?;
+        Ok(Applied::Retired {
+            key_id: retire.key_id,
+        })
+    }
+
     /// Applies a rotation entry (see the module docs).
     ///
     /// # Errors
@@ -628,6 +730,17 @@ impl Applier {
         }
         if keyring.contains_key(rot.dek_id) {
             return reject(Rejection::KeyIdInUse { key_id: rot.dek_id });
+        }
+        if let Some(above) = keyring
+            .key_ids()
+            .into_iter()
+            .max()
+            .filter(|&m| m > rot.dek_id)
+        {
+            return reject(Rejection::KeyIdNotAbove {
+                key_id: rot.dek_id,
+                above,
+            });
         }
         if rot.proposer_registration.dek_id != rot.dek_id {
             return reject(Rejection::ProposerKeyMismatch {
@@ -775,6 +888,23 @@ impl Plan {
             .filter(|record| record.full_node_id == node)
             .map(|record| record.last_seen_local_epoch)
     }
+}
+
+/// Why `keyring` refuses to retire `key_id`, or `None` when it may.
+fn retire_refusal(keyring: &Keyring, key_id: u32) -> Option<Rejection> {
+    if !keyring.is_bootstrapped() {
+        return Some(Rejection::NotBootstrapped);
+    }
+    let Some(purpose) = keyring.purpose_of(key_id) else {
+        return Some(Rejection::UnknownKey { key_id });
+    };
+    if keyring.active_key_id(purpose) == Some(key_id) {
+        return Some(Rejection::ActiveKey { key_id, purpose });
+    }
+    if purpose == Purpose::Raft {
+        return Some(Rejection::RaftKey { key_id });
+    }
+    None
 }
 
 /// Whether the sidecar holds `key_id` with exactly these wrapped bytes.

@@ -83,6 +83,7 @@ pub mod keyring;
 #[cfg(feature = "nonce-ledger")]
 pub mod ledger;
 pub mod registry;
+pub mod retire;
 pub mod sidecar;
 mod store;
 #[cfg(feature = "testing")]

@@ -63,6 +63,7 @@ macro_rules! fail_point {
 
 mod command;
 mod fsm;
+pub mod usage;
 
 pub use command::{
     COMMAND_VERSION, Command, CommandError, ENTRY_HEADROOM, KvRequest, MAX_ENTRY_BYTES,
@@ -74,3 +75,4 @@ pub use fsm::{
     HaltCause, Halted, KvFsm, LiveValue, Outcome, REWRITE_REQUEST_META_KEY, ReadError, Reader,
     Refusal, Reply, ResealError, UserError, envelope_key_id, error_chain, gc_horizon, meta_u64,
 };
+pub use usage::{VersionsByKey, versions_by_key};

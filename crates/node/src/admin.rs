@@ -14,6 +14,8 @@
 //! | POST   | `/v1/encryption/rotate-dek`  | `{"purpose":"storage"}` or `"raft"`: propose a new active key |
 //! | POST   | `/v1/encryption/register-writer` | propose this node's pending registrations |
 //! | POST   | `/v1/encryption/enable-envelope` | `{"envelope":"storage"}` or `"raft"` |
+//! | POST   | `/v1/encryption/retire-dek`  | `{"key_id":N}`: retire a storage key no member's store needs |
+//! | GET    | `/v1/encryption/usage`       | this node's stored versions per key id, scanned now (no forwarding) |
 //! | GET    | `/v1/encryption/writers/{id}` | on the leader, after a ReadIndex barrier: `{"rows": [{"dek_id", "last_seen_local_epoch"}]}` of node `id` |
 //! | GET    | `/v1/store/status`           | JSON `maintenance::StoreStatus` (GC, live data, compaction and rewrite progress) |
 //! | POST   | `/v1/store/compact`          | GC and RocksDB compaction on every node; answers once this node finished |
@@ -58,7 +60,7 @@ use sealkv_kv::Outcome;
 
 use crate::admin_client::FORWARDED_BY;
 use crate::consensus::{ProposeError, RaftHandle, RaftStatus, single_change};
-use crate::encryption::{Control, ControlError, registrations_json};
+use crate::encryption::{Control, ControlError, registrations_json, usage_json};
 use crate::metrics::Metrics;
 
 /// Where the node listens, for status.
@@ -169,6 +171,17 @@ pub struct EncryptionStatus {
     pub raft_envelope_cutover_index: u64,
     /// The writer registry.
     pub registry: Vec<WriterRow>,
+    /// Key ids on record in the writer registry that are no longer loaded:
+    /// retired keys (and the id of a rotation that was refused after its members
+    /// were registered). No rotation takes one of them again.
+    pub retired_key_ids: Vec<u32>,
+    /// This node's stored versions per key id (`clear` for cleartext values),
+    /// scanned for this request ([`sealkv_kv::versions_by_key`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versions_by_key: Option<serde_json::Value>,
+    /// The applied index the scan of `versions_by_key` saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versions_applied_index: Option<u64>,
 }
 
 /// The admin routes.
@@ -185,6 +198,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/encryption/rotate-dek", post(encryption_rotate))
         .route("/v1/encryption/register-writer", post(encryption_register))
         .route("/v1/encryption/enable-envelope", post(encryption_enable))
+        .route("/v1/encryption/retire-dek", post(encryption_retire))
+        .route("/v1/encryption/usage", get(encryption_usage))
         .route("/v1/encryption/writers/{id}", get(encryption_writers));
     #[cfg(feature = "failpoints")]
     let router = crate::failpoints::routes(router);
@@ -238,6 +253,18 @@ async fn status(State(state): State<AdminState>) -> Json<Status> {
 async fn metrics(State(state): State<AdminState>) -> Response {
     if let Some(control) = &state.encryption {
         state.metrics.observe_keys(&control.keyring.status());
+        // The usage gauges come from a scan of the whole store: at most one per
+        // `USAGE_REFRESH`, in the background; a scrape serves the last counts.
+        if state.metrics.usage_refresh_due() {
+            let (control, metrics) = (control.clone(), Arc::clone(&state.metrics));
+            tokio::spawn(async move {
+                match control.usage().await {
+                    Ok(usage) => metrics.observe_usage(&usage),
+                    Err(e) => tracing::warn!("key usage for metrics: {e}"),
+                }
+                metrics.usage_refresh_done();
+            });
+        }
     }
     (
         [("content-type", "text/plain; version=0.0.4")],
@@ -315,11 +342,21 @@ pub fn encryption_state(control: Option<&Control>) -> Result<EncryptionStatus, S
         return Ok(EncryptionStatus::default());
     };
     let status = control.keyring.status();
+    let loaded: Vec<u32> = status.keys.iter().map(|k| k.key_id).collect();
     let registry = control
         .registry
         .list_writers()
         .map_err(|e| format!("read the writer registry: {}", crate::error_chain(&e)))?;
+    let mut retired_key_ids: Vec<u32> = registry
+        .iter()
+        .map(|(key, _)| key.dek_id)
+        .filter(|id| !loaded.contains(id))
+        .collect();
+    retired_key_ids.dedup();
     Ok(EncryptionStatus {
+        retired_key_ids,
+        versions_by_key: None,
+        versions_applied_index: None,
         enabled: true,
         kek_source: Some(control.kek.kind()),
         bootstrapped: status.bootstrapped,
@@ -354,10 +391,55 @@ pub fn encryption_state(control: Option<&Control>) -> Result<EncryptionStatus, S
 }
 
 async fn encryption_status(State(state): State<AdminState>) -> Response {
-    match encryption_state(state.encryption.as_ref()) {
-        Ok(status) => Json(status).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    let mut status = match encryption_state(state.encryption.as_ref()) {
+        Ok(status) => status,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    if let Some(control) = &state.encryption {
+        match control.usage().await {
+            Ok(usage) => {
+                state.metrics.observe_usage(&usage);
+                let json = usage_json(control.keyring.node_id(), &usage);
+                status.versions_by_key = Some(json["versions_by_key"].clone());
+                status.versions_applied_index = Some(usage.applied_index);
+            }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        }
     }
+    Json(status).into_response()
+}
+
+/// This node's key usage, scanned now: answered by every node for itself (the
+/// leader asks each member before it retires a key).
+async fn encryption_usage(State(state): State<AdminState>) -> Result<Response, Refusal> {
+    let control = control(&state)?;
+    Ok(match control.usage().await {
+        Ok(usage) => {
+            state.metrics.observe_usage(&usage);
+            Json(usage_json(control.keyring.node_id(), &usage)).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    })
+}
+
+/// Body of `POST /v1/encryption/retire-dek`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetireDek {
+    /// The storage key to retire.
+    pub key_id: u32,
+}
+
+async fn encryption_retire(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Json(body): Json<RetireDek>,
+) -> Result<Response, Refusal> {
+    let control = control(&state)?;
+    let json = serde_json::to_value(&body).unwrap_or_default();
+    if let Some(answer) = forwarded(control, &headers, "/v1/encryption/retire-dek", &json).await {
+        return Ok(answer);
+    }
+    Ok(applied(control.retire(body.key_id).await))
 }
 
 /// Body of `POST /v1/encryption/rotate-dek`.
@@ -432,6 +514,7 @@ fn control_error(e: &ControlError) -> Response {
         ControlError::NotLeader => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         ControlError::Refused(_) => error(StatusCode::CONFLICT, e.to_string()),
         ControlError::Forward(_) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+        ControlError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         ControlError::Key(_) | ControlError::Encode(_) => {
             error(StatusCode::INTERNAL_SERVER_ERROR, crate::error_chain(e))
         }
@@ -492,6 +575,7 @@ fn describe(applied: &Applied) -> serde_json::Value {
             "envelope": switch.to_string(),
             "raft_cutover_index": raft_cutover_index,
         }),
+        Applied::Retired { key_id } => json!({ "applied": "retirement", "key_id": key_id }),
         Applied::Replayed { opcode } => json!({ "applied": "replay", "opcode": opcode }),
         Applied::Rejected { reason } => json!({ "refused": reason.to_string() }),
         other => json!({ "applied": format!("{other:?}") }),

@@ -161,6 +161,21 @@ pub fn summarize_encryption(status: &Value) -> String {
             key["encryptions"],
         ));
     }
+    if let Some(counts) = status["versions_by_key"].as_object() {
+        let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        out.push_str(&format!(
+            "\nstored versions by key (at applied index {}): {}",
+            status["versions_applied_index"],
+            counts.join(", ")
+        ));
+    }
+    if let Some(retired) = status["retired_key_ids"]
+        .as_array()
+        .filter(|r| !r.is_empty())
+    {
+        let ids: Vec<String> = retired.iter().map(Value::to_string).collect();
+        out.push_str(&format!("\nretired key ids: {}", ids.join(", ")));
+    }
     for row in status["registry"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "\nwriter dek {} node {} (node16 {}) epochs {}..{}",

@@ -223,8 +223,9 @@ impl Purpose {
 #[derive(Debug, Subcommand)]
 enum EncryptionCmd {
     /// Show whether encryption is on, the KEK source (never the key), active and
-    /// loaded key ids, local epochs, the sidecar index, envelopes and the writer
-    /// registry.
+    /// loaded key ids, local epochs, the sidecar index, envelopes, the writer
+    /// registry, retired key ids, and this node's stored versions per key id
+    /// (scanned on request).
     Status {
         /// The node's admin address.
         #[arg(long, env = "SEALKV_ADMIN_ADDR", default_value = "127.0.0.1:8379")]
@@ -268,6 +269,19 @@ enum EncryptionCmd {
         /// Wait until the node asked has rewritten everything.
         #[arg(long)]
         wait: bool,
+    },
+    /// Retire a storage key that no stored version needs any more: removed from
+    /// every node's keyring and sidecar through the Raft log. Refused (409, with
+    /// the node and its count) while any member still holds a version sealed under
+    /// it, for the active key, and for raft keys; 503 when a member cannot be
+    /// asked. `sealkv encryption status` shows the counts per key.
+    RetireDek {
+        /// The storage key id to retire.
+        #[arg(long)]
+        key_id: u32,
+        /// Admin address of any node of the cluster.
+        #[arg(long, env = "SEALKV_ADMIN_ADDR", default_value = "127.0.0.1:8379")]
+        admin_addr: String,
     },
     /// Turn an envelope on: storage (values at rest) or raft (proposals). One-way.
     EnableEnvelope {
@@ -585,6 +599,12 @@ fn encryption(cmd: EncryptionCmd) -> anyhow::Result<()> {
             "rotate-dek",
             "rotate the DEK",
             json!({ "purpose": purpose.as_str() }),
+        ),
+        EncryptionCmd::RetireDek { key_id, admin_addr } => (
+            admin_addr,
+            "retire-dek",
+            "retire the DEK",
+            json!({ "key_id": key_id }),
         ),
         EncryptionCmd::RegisterWriter { admin_addr } => (
             admin_addr,

@@ -7,8 +7,12 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
 use sealkv_encryption::keyring::KeyringStatus;
 use sealkv_fsmwire::Purpose;
+use sealkv_kv::VersionsByKey;
 
 use crate::consensus::{RaftStatus, Role};
 
@@ -49,7 +53,16 @@ pub struct Metrics {
     encryptions: IntGaugeVec,
     active_key: IntGaugeVec,
     sidecar_index: IntGauge,
+    versions_by_key: IntGaugeVec,
+    versions_applied_index: IntGauge,
+    /// When the usage gauges were last refreshed, and whether a scan is running.
+    usage_refreshed: Mutex<(Option<Instant>, bool)>,
 }
+
+/// How often a scrape of `/metrics` may start a scan of the store for the usage
+/// gauges (`GET /v1/encryption/status` and `/v1/encryption/usage` refresh them
+/// too).
+pub const USAGE_REFRESH: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -134,7 +147,22 @@ impl Metrics {
             &["purpose"],
         )?;
         registry.register(Box::new(active_key.clone()))?;
+        let versions_by_key = IntGaugeVec::new(
+            Opts::new(
+                "sealkv_versions_by_key",
+                "Stored versions per storage key id (clear: cleartext values), at the last scan",
+            ),
+            &["key_id"],
+        )?;
+        registry.register(Box::new(versions_by_key.clone()))?;
         Ok(Metrics {
+            versions_by_key,
+            versions_applied_index: gauge(
+                &registry,
+                "sealkv_versions_by_key_applied_index",
+                "Applied index the last scan of sealkv_versions_by_key saw",
+            )?,
+            usage_refreshed: Mutex::new((None, false)),
             decrypt_failures,
             peer_messages_dropped,
             peer_connections_closed,
@@ -218,8 +246,55 @@ impl Metrics {
         self.halted.set(i64::from(status.halted.is_some()));
     }
 
+    /// Whether a scrape should start a usage scan: none ran within
+    /// [`USAGE_REFRESH`] and none is running. Marks one as running.
+    pub fn usage_refresh_due(&self) -> bool {
+        let mut state = self
+            .usage_refreshed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let due = !state.1 && state.0.is_none_or(|at| at.elapsed() >= USAGE_REFRESH);
+        if due {
+            state.1 = true;
+        }
+        due
+    }
+
+    /// Ends the scan [`usage_refresh_due`](Self::usage_refresh_due) started.
+    pub fn usage_refresh_done(&self) {
+        self.usage_refreshed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1 = false;
+    }
+
+    /// Sets the usage gauges from a scan, dropping key ids it no longer found.
+    pub fn observe_usage(&self, usage: &VersionsByKey) {
+        self.versions_by_key.reset();
+        let set = |label: &str, n: u64| {
+            self.versions_by_key
+                .with_label_values(&[label])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        set("clear", usage.clear);
+        for (key_id, n) in &usage.by_key {
+            set(&key_id.to_string(), *n);
+        }
+        if usage.malformed > 0 {
+            set("malformed", usage.malformed);
+        }
+        self.versions_applied_index
+            .set(i64::try_from(usage.applied_index).unwrap_or(i64::MAX));
+        self.usage_refreshed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0 = Some(Instant::now());
+    }
+
     /// Records the keyring's state.
     pub fn observe_keys(&self, status: &KeyringStatus) {
+        // A retired key leaves the keyring: drop its series too.
+        self.encryptions.reset();
         for key in &status.keys {
             self.encryptions
                 .with_label_values(&[key.key_id.to_string().as_str()])

@@ -397,6 +397,7 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         (Some(opened), Some(kek)) => {
             let registry = RocksWriterRegistry::from_store(&store)
                 .context("build writer-registry glue for the admin endpoint")?;
+            let kv_store: Arc<dyn KvStore> = Arc::clone(&store) as Arc<dyn KvStore>;
             let store = Arc::clone(&store);
             Some(Control {
                 raft: raft.clone(),
@@ -404,6 +405,7 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
                 kek: Arc::clone(kek),
                 registry: Arc::new(registry),
                 has_user_data: Arc::new(move || has_user_data(store.as_ref())),
+                store: kv_store,
                 transport: Arc::clone(&transport),
                 serial: Arc::new(tokio::sync::Mutex::new(())),
                 apply_gate: apply_gate

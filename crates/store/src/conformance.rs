@@ -159,4 +159,34 @@ pub fn kv_store_conformance<S: KvStore>(fresh: impl Fn() -> S) {
     })
     .expect("scan");
     assert_eq!(count, 2, "scan did not stop when asked");
+
+    // scan_versions visits every version, newest first within a key, with its
+    // header and body, and returns the applied index of the same view.
+    let mut batch = WriteBatch::new();
+    batch.set_applied_index(11);
+    s.commit(batch).expect("commit");
+    let mut all = Vec::new();
+    let applied = s
+        .scan_versions(&mut |physical, header, body| {
+            let (key, version) = crate::mvcc::decode_physical_key(physical).expect("key");
+            all.push((key, version, header.tombstone, body.to_vec()));
+            true
+        })
+        .expect("scan versions");
+    assert_eq!(applied, 11);
+    let want: Vec<(Vec<u8>, u64, bool, Vec<u8>)> = vec![
+        (b"a".to_vec(), 4, false, b"a4".to_vec()),
+        (b"a".to_vec(), 1, false, b"a1".to_vec()),
+        (b"a\x00".to_vec(), 2, false, b"a0".to_vec()),
+        (b"b".to_vec(), 3, false, b"b3".to_vec()),
+        (b"c".to_vec(), 5, true, Vec::new()),
+    ];
+    assert_eq!(all, want);
+    let mut count = 0;
+    s.scan_versions(&mut |_, _, _| {
+        count += 1;
+        count < 3
+    })
+    .expect("scan versions");
+    assert_eq!(count, 3, "scan_versions did not stop when asked");
 }

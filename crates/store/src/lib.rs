@@ -124,6 +124,10 @@ pub fn decode_snapshot_dump(data: &[u8]) -> Result<Vec<DumpRow<'_>>> {
         .collect())
 }
 
+/// The visitor of [`KvStore::scan_versions`]: a version's physical key, decoded
+/// header and body; it returns `false` to stop the scan.
+pub type VersionVisitor<'a> = dyn FnMut(&[u8], &mvcc::ValueHeader, &[u8]) -> bool + 'a;
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -209,4 +213,15 @@ pub trait KvStore: Send + Sync {
     /// tombstones included, from one consistent view of the store. `visit` returns
     /// `false` to stop early.
     fn scan_latest(&self, visit: &mut dyn FnMut(&[u8], &Version) -> bool) -> Result<()>;
+
+    /// Calls `visit` with every version of every user key (tombstones and expired
+    /// values included): its physical key ([`mvcc::decode_physical_key`]), its
+    /// decoded header and its body, in physical key order, from one consistent view
+    /// of the store, holding one version in memory at a time. `visit` returns
+    /// `false` to stop early. Returns the applied index of that same view.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] for a value whose header does not decode;
+    /// [`StoreError::Backend`] when the store fails.
+    fn scan_versions(&self, visit: &mut VersionVisitor<'_>) -> Result<u64>;
 }

@@ -84,6 +84,17 @@ impl KvStore for MemoryStore {
         Ok(())
     }
 
+    fn scan_versions(&self, visit: &mut crate::VersionVisitor<'_>) -> Result<u64> {
+        let inner = self.inner();
+        for ((key, Reverse(commit_version)), value) in &inner.versions {
+            let physical = crate::mvcc::physical_key(key, *commit_version);
+            if !visit(&physical, &value.header, &value.body) {
+                break;
+            }
+        }
+        Ok(inner.applied_index)
+    }
+
     fn commit(&self, batch: WriteBatch) -> Result<()> {
         let mut inner = self.inner();
         for op in batch.ops() {

@@ -287,6 +287,30 @@ impl KvStore for RocksStore {
         iter.status().map_err(|e| backend("scan values", e))
     }
 
+    fn scan_versions(&self, visit: &mut crate::VersionVisitor<'_>) -> Result<u64> {
+        // One explicit snapshot, so that the applied index and every version come
+        // from the same point in the apply order.
+        let snapshot = self.db.snapshot();
+        let applied = match snapshot
+            .get_pinned_cf(cf(&self.db, CF_META)?, APPLIED_INDEX_KEY)
+            .map_err(|e| backend("read applied index", e))?
+        {
+            Some(raw) => decode_applied_index(&raw)?,
+            None => 0,
+        };
+        let mut iter = snapshot.raw_iterator_cf(cf(&self.db, CF_DATA)?);
+        iter.seek_to_first();
+        while let Some((physical, raw)) = iter.item() {
+            let (header, body) = mvcc::ValueHeader::decode(raw)?;
+            if !visit(physical, &header, body) {
+                return Ok(applied);
+            }
+            iter.next();
+        }
+        iter.status().map_err(|e| backend("scan versions", e))?;
+        Ok(applied)
+    }
+
     fn commit(&self, batch: WriteBatch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());

@@ -34,10 +34,39 @@ impl Keyring {
         self.commit_keys(doc, new)
     }
 
+    /// Removes the key `key_id` (retired by the entry at `index`): writes the
+    /// sidecar without it (`raft_applied_index = index`) durably, then drops its
+    /// DEK and nonce state. What it sealed no longer opens: a read of such a value
+    /// is an integrity error (`unknown_key_id`), never a value. The caller (the
+    /// applier) has checked that the key is loaded, is not active, and is a storage
+    /// key. An `index` the sidecar already reflects is a replay and changes nothing;
+    /// nothing in memory changes when the write fails.
+    ///
+    /// # Errors
+    /// [`KeyringError::WriteSidecar`].
+    pub fn retire(&self, index: u64, key_id: u32) -> Result<()> {
+        let _writer = self.lock_writer();
+        let mut doc = self.read().doc();
+        if doc.raft_applied_index >= index && self.has_sidecar() {
+            return Ok(());
+        }
+        if let Some(keys) = doc.keys.as_mut() {
+            keys.remove(&key_id.to_string());
+        }
+        doc.raft_applied_index = index;
+        self.commit_keys_removing(doc, Vec::new(), &[key_id])
+    }
+
     /// Writes `doc` durably, then loads the `new` keys (sealing at once, as keys
     /// installed in this load) and swaps `doc` in. The caller holds the writer lock
     /// and has put the new keys into `doc`.
     fn commit_keys(&self, doc: Sidecar, new: Vec<NewKey>) -> Result<()> {
+        self.commit_keys_removing(doc, new, &[])
+    }
+
+    /// [`Keyring::commit_keys`], also dropping the keys `removed` (already left out
+    /// of `doc`) from memory once `doc` is durable.
+    fn commit_keys_removing(&self, doc: Sidecar, new: Vec<NewKey>, removed: &[u32]) -> Result<()> {
         // Set the key schedules up before anything is written, so a failure here
         // leaves both disk and memory as they were.
         let mut staged = Keystore::new();
@@ -65,6 +94,11 @@ impl Keyring {
                     .map_err(|source| KeyringError::Cipher { key_id, source })?;
             }
             live.nonces.insert(key_id, state);
+        }
+        for key_id in removed {
+            // Dropping the DEK zeroizes it.
+            live.keys.remove(*key_id);
+            live.nonces.remove(key_id);
         }
         live.sidecar = Some(doc);
         Ok(())
@@ -161,6 +195,20 @@ impl Keyring {
                 },
             );
         }
+        // Keys leave a keyring only by retirement. State that reflects more entries
+        // and lacks a key this node holds has applied its retirement: drop it too.
+        let mut removed = Vec::new();
+        if let Some(ours) = doc.keys.as_mut() {
+            let retired: Vec<String> = ours
+                .keys()
+                .filter(|id| theirs.keys.as_ref().is_none_or(|t| !t.contains_key(*id)))
+                .cloned()
+                .collect();
+            for id in retired {
+                ours.remove(&id);
+                removed.push(canonical_id(&id)?);
+            }
+        }
         doc.active = theirs.active;
         doc.storage_envelope_active = theirs.storage_envelope_active;
         doc.raft_envelope_cutover_index = theirs.raft_envelope_cutover_index;
@@ -175,7 +223,7 @@ impl Keyring {
                 k.local_epoch = key.local_epoch;
             }
         }
-        self.commit_keys(doc, new)?;
+        self.commit_keys_removing(doc, new, &removed)?;
         Ok(true)
     }
 

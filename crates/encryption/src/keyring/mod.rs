@@ -365,6 +365,11 @@ impl Keyring {
         self.read().keys.contains(key_id)
     }
 
+    /// The purpose of the loaded key `key_id`; `None` when it is not loaded.
+    pub fn purpose_of(&self, key_id: u32) -> Option<Purpose> {
+        self.read().nonces.get(&key_id).map(|n| n.purpose)
+    }
+
     /// This node's epoch under every loaded key, by ascending key id.
     pub fn local_epochs(&self) -> Vec<(u32, u16)> {
         self.read()

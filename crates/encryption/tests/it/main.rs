@@ -7,5 +7,6 @@ mod kek;
 mod keyfixture;
 mod keyring;
 mod registry;
+mod retire;
 mod sidecar;
 mod vectors;

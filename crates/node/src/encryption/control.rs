@@ -30,6 +30,10 @@ pub enum ControlError {
     /// The operation could not be forwarded to the leader, or the leader refused it.
     #[error("forward to the leader: {0}")]
     Forward(String),
+    /// A member the operation must hear from could not be asked; nothing was
+    /// proposed, and the same request may succeed later.
+    #[error("{0}; retry")]
+    Unavailable(String),
 }
 
 /// Why a node may not join an encrypted cluster.
@@ -88,6 +92,9 @@ pub struct Control {
     /// Whether the store holds any user key (a cluster with data is moved to
     /// encryption by an operator, not automatically).
     pub has_user_data: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The state machine's store, for the key usage scan
+    /// ([`sealkv_kv::versions_by_key`]).
+    pub store: Arc<dyn sealkv_store::KvStore>,
     /// Where the other nodes' admin endpoints are (their transport hellos).
     pub transport: Arc<Transport>,
     /// Held for the whole of one operation on the leader.
@@ -316,6 +323,114 @@ impl Control {
         self.propose(switch_entry(switch)).await
     }
 
+    /// This node's key usage ([`sealkv_kv::versions_by_key`]), scanned now on a
+    /// blocking thread.
+    ///
+    /// # Errors
+    /// A sentence when the store cannot be scanned.
+    pub async fn usage(&self) -> Result<VersionsByKey, String> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || sealkv_kv::versions_by_key(store.as_ref()))
+            .await
+            .map_err(|e| format!("usage scan task: {e}"))?
+            .map_err(|e| format!("scan the store: {}", crate::error_chain(&e)))
+    }
+
+    /// The key usage of member `id`: this node's own scan, or the answer of the
+    /// member's `GET /v1/encryption/usage` (with the node certificate, under TLS).
+    async fn usage_of(&self, id: u64) -> Result<VersionsByKey, String> {
+        if id == self.keyring.node_id() {
+            return self.usage().await;
+        }
+        let admin = self
+            .transport
+            .admin_addr_of(id)
+            .ok_or_else(|| "its admin address is not known yet".to_string())?;
+        let path = "/v1/encryption/usage";
+        let (code, json) =
+            crate::admin_client::forward(&admin, path, None, self.keyring.node_id()).await?;
+        if code != 200 {
+            let reason = json["error"].as_str().unwrap_or("no reason given");
+            return Err(format!("{admin} answered {code}: {reason}"));
+        }
+        if json["node_id"].as_u64() != Some(id) {
+            return Err(format!("{admin} answered for node {}", json["node_id"]));
+        }
+        usage_from_json(&json).ok_or_else(|| format!("{admin} answered a malformed usage"))
+    }
+
+    /// Proposes the retirement of storage key `key_id` ([`KeyRetirement`]), after
+    /// checking on every member (voters and learners) that nothing needs it:
+    ///
+    /// * the key is loaded, is not active, and is a storage key (raft keys are not
+    ///   retired: entries sealed under them may still be read from the log);
+    /// * every member answers (an unreachable one is [`ControlError::Unavailable`],
+    ///   never taken for zero);
+    /// * every member's scan reflects the leader's last key-family entry, so the
+    ///   key stopped being active on it before the scan and it never seals under
+    ///   the key again (DESIGN.md §6: an inactive key never seals);
+    /// * no member holds a version sealed under the key.
+    ///
+    /// The applier checks the key state again on every replica.
+    ///
+    /// # Errors
+    /// [`ControlError::Refused`] with the reason (naming the node and its count);
+    /// [`ControlError::Unavailable`]; any other [`ControlError`].
+    pub async fn retire(&self, key_id: u32) -> Result<sealkv_kv::Outcome, ControlError> {
+        let _serial = self.lead().await?;
+        let Some(purpose) = self.keyring.purpose_of(key_id) else {
+            return Err(ControlError::Refused(format!(
+                "key {key_id} is not a loaded key (never issued, or retired already)"
+            )));
+        };
+        if self.keyring.active_key_id(purpose) == Some(key_id) {
+            return Err(ControlError::Refused(format!(
+                "key {key_id} is the active {purpose} key: rotate it first \
+                 (sealkv encryption rotate-dek --purpose {purpose})"
+            )));
+        }
+        if purpose == Purpose::Raft {
+            return Err(ControlError::Refused(format!(
+                "key {key_id} is a raft key; only storage keys can be retired (Raft entries \
+                 sealed under it may still be read from the log)"
+            )));
+        }
+        // Every key-family entry up to here applied on this node, the one that made
+        // another key active in `key_id`'s place included.
+        let since = self.keyring.sidecar_applied_index();
+        let status = self.raft.status();
+        let mut members: Vec<u64> = status
+            .voters
+            .iter()
+            .chain(&status.learners)
+            .copied()
+            .collect();
+        members.sort_unstable();
+        members.dedup();
+        for member in members {
+            let usage = self
+                .usage_of(member)
+                .await
+                .map_err(|e| ControlError::Unavailable(format!("ask node {member}: {e}")))?;
+            if usage.applied_index < since {
+                return Err(ControlError::Refused(format!(
+                    "node {member} has applied up to index {}, not yet the key change at \
+                     index {since}: it could still seal under key {key_id}",
+                    usage.applied_index
+                )));
+            }
+            let held = usage.under(key_id);
+            if held > 0 {
+                return Err(ControlError::Refused(format!(
+                    "node {member} still holds {held} versions sealed under key {key_id} (at \
+                     its applied index {}): rewrite them under the active key first",
+                    usage.applied_index
+                )));
+            }
+        }
+        self.propose(KeyRetirement { key_id }.entry()).await
+    }
+
     /// Proposes `registrations` (a node's own, forwarded to the leader, or this
     /// node's): each must name a current member's own row at an epoch not below
     /// the registry's record. A registration at the recorded epoch is proposed again
@@ -475,6 +590,43 @@ pub fn low16_collision(ids: &[u64]) -> Option<(u64, u64)> {
     })
 }
 
+/// `{"node_id", "applied_index", "versions_by_key": {"clear": n, "<key id>": n, ...}}`,
+/// the answer of `GET /v1/encryption/usage` (`malformed` appears when non-zero).
+pub fn usage_json(node_id: u64, usage: &VersionsByKey) -> serde_json::Value {
+    let mut counts = serde_json::Map::new();
+    counts.insert("clear".to_string(), usage.clear.into());
+    for (key_id, n) in &usage.by_key {
+        counts.insert(key_id.to_string(), (*n).into());
+    }
+    if usage.malformed > 0 {
+        counts.insert("malformed".to_string(), usage.malformed.into());
+    }
+    serde_json::json!({
+        "node_id": node_id,
+        "applied_index": usage.applied_index,
+        "versions_by_key": counts,
+    })
+}
+
+/// Reads [`usage_json`] back; `None` when a field is missing or not a number.
+pub fn usage_from_json(json: &serde_json::Value) -> Option<VersionsByKey> {
+    let mut usage = VersionsByKey {
+        applied_index: json["applied_index"].as_u64()?,
+        ..VersionsByKey::default()
+    };
+    for (name, n) in json["versions_by_key"].as_object()? {
+        let n = n.as_u64()?;
+        match name.as_str() {
+            "clear" => usage.clear = n,
+            "malformed" => usage.malformed = n,
+            id => {
+                usage.by_key.insert(id.parse().ok()?, n);
+            }
+        }
+    }
+    Some(usage)
+}
+
 /// `{"registrations": [{"dek_id", "full_node_id", "local_epoch"}, ...]}`, the body
 /// of a forwarded `POST /v1/encryption/register-writer`.
 pub fn registrations_json(registrations: &[RegistrationPayload]) -> serde_json::Value {
@@ -493,7 +645,24 @@ pub fn registrations_json(registrations: &[RegistrationPayload]) -> serde_json::
 
 #[cfg(test)]
 mod tests {
-    use super::low16_collision;
+    use super::{VersionsByKey, low16_collision, usage_from_json, usage_json};
+
+    #[test]
+    fn usage_json_roundtrips() {
+        let usage = VersionsByKey {
+            applied_index: 42,
+            clear: 3,
+            by_key: [(1, 5), (7, 0), (10, 2)].into_iter().collect(),
+            malformed: 1,
+        };
+        let json = usage_json(9, &usage);
+        assert_eq!(json["versions_by_key"]["10"], 2);
+        assert_eq!(usage_from_json(&json), Some(usage));
+        let mut bad = json.clone();
+        bad["versions_by_key"]["x"] = 1.into();
+        assert_eq!(usage_from_json(&bad), None);
+        assert_eq!(usage_from_json(&serde_json::json!({})), None);
+    }
 
     #[test]
     fn ids_that_share_their_low_16_bits_collide() {

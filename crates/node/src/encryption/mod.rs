@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use raft::{GetEntriesContext, Storage as _};
 use sealkv_encryption::WriterRegistryStore;
-use sealkv_encryption::applier::EnvelopeSwitch;
+use sealkv_encryption::applier::{EnvelopeSwitch, KeyRetirement};
 use sealkv_encryption::envelope::Dek;
 use sealkv_encryption::kek::{KekProvider, wrap_dek};
 use sealkv_encryption::keyring::{Keyring, KeyringError};
@@ -45,6 +45,7 @@ use sealkv_fsmwire::{
     BootstrapPayload, OP_BOOTSTRAP, OP_REGISTRATION, OP_ROTATION, Purpose, RegistrationPayload,
     RotationPayload, RotationSubtag,
 };
+use sealkv_kv::VersionsByKey;
 use sealkv_store::RaftLog;
 
 use crate::consensus::transport::Transport;
@@ -73,7 +74,10 @@ mod entries;
 mod guards;
 mod task;
 
-pub use control::{AdmitError, Control, ControlError, low16_collision, registrations_json};
+pub use control::{
+    AdmitError, Control, ControlError, low16_collision, registrations_json, usage_from_json,
+    usage_json,
+};
 pub use entries::{bootstrap_entry, registration_entry, rotation_entry, switch_entry};
 pub use guards::{GuardError, OpenedKeyring, check_sidecar_against_log, open_keyring};
 pub use task::maintain;

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::support::*;
 
-const LONG: Duration = Duration::from_secs(30);
+pub(crate) const LONG: Duration = Duration::from_secs(30);
 
 /// Values written in the first phase of the cleartext scan, and after the rotations.
 const FIRST: usize = 3000;
@@ -100,7 +100,7 @@ fn local_epoch(status: &Value, key_id: u64) -> u64 {
 }
 
 /// `sealkv encryption rotate-dek --purpose PURPOSE`, which must succeed.
-fn rotate(node: &Node, purpose: &str) {
+pub(crate) fn rotate(node: &Node, purpose: &str) {
     let (ok, out, err) = run(sealkv().args([
         "encryption",
         "rotate-dek",
@@ -770,7 +770,7 @@ fn tampered_value_is_an_integrity_error_and_counted() {
 }
 
 /// `key` as `node` has applied it (a stale read), once it equals `value`.
-fn converges_stale(node: &Node, key: &str, value: &str) {
+pub(crate) fn converges_stale(node: &Node, key: &str, value: &str) {
     eventually(&format!("node {} to apply {key}", node.id), LONG, || {
         let mut conn = node.try_redis()?;
         redis::cmd("READONLY").query::<()>(&mut conn).ok()?;

@@ -11,6 +11,7 @@ mod lifecycle;
 mod limits;
 mod lost_state;
 mod resp;
+mod retire;
 mod support;
 mod tls;
 mod trust;
