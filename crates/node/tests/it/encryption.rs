@@ -183,11 +183,17 @@ pub(crate) struct Hit {
 
 impl Scan {
     /// Reads every file under `dir` (recursively) and records those that contain
-    /// `needle`.
+    /// `needle`. A file a running node deletes during the scan is skipped: what is
+    /// gone holds nothing.
     fn add(&mut self, dir: &Path, needle: &[u8]) {
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         for entry in std::fs::read_dir(dir).expect("read dir") {
             let path = entry.expect("dir entry").path();
-            let meta = std::fs::symlink_metadata(&path).expect("metadata");
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if gone(&e) => continue,
+                Err(e) => panic!("metadata of {}: {e}", path.display()),
+            };
             if meta.is_dir() {
                 self.add(&path, needle);
                 continue;
@@ -195,7 +201,11 @@ impl Scan {
             if !meta.is_file() {
                 continue;
             }
-            let bytes = std::fs::read(&path).expect("read file");
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if gone(&e) => continue,
+                Err(e) => panic!("read {}: {e}", path.display()),
+            };
             self.files += 1;
             self.bytes += bytes.len() as u64;
             if path.extension().is_some_and(|e| e == "sst") {
