@@ -7,7 +7,12 @@
 //! cargo xtask bench --micro     only the criterion benches
 //! cargo xtask bench --cluster   only the cluster run
 //! cargo xtask bench --disk      only the bounded-disk run
+//! cargo xtask bench --rewrite   only the rewrite run
 //! ```
+//!
+//! The rewrite run starts an encrypted three-node release cluster, writes 20,000
+//! keys of 1 KiB, rotates the storage key and times `sealkv encryption rewrite`
+//! until every node has resealed every version under the new key.
 //!
 //! The bounded-disk run starts a three-node release cluster with
 //! `--mvcc-retention 0`, overwrites 20,000 keys with 1 KiB of random bytes 20 times
@@ -39,17 +44,20 @@ const REQUESTS: &str = "20000";
 
 /// Runs the benchmarks the flags select.
 pub fn bench(args: &[String]) -> anyhow::Result<()> {
-    let (mut micro, mut cluster, mut disk) = (false, false, false);
+    let (mut micro, mut cluster, mut disk, mut rewrite) = (false, false, false, false);
     for arg in args {
         match arg.as_str() {
             "--micro" => micro = true,
             "--cluster" => cluster = true,
             "--disk" => disk = true,
-            other => bail!("unknown bench flag {other:?} (--micro, --cluster, --disk)"),
+            "--rewrite" => rewrite = true,
+            other => {
+                bail!("unknown bench flag {other:?} (--micro, --cluster, --disk, --rewrite)")
+            }
         }
     }
-    if !micro && !cluster && !disk {
-        (micro, cluster, disk) = (true, true, true);
+    if !micro && !cluster && !disk && !rewrite {
+        (micro, cluster, disk, rewrite) = (true, true, true, true);
     }
     if micro {
         run(
@@ -62,6 +70,9 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
     }
     if disk {
         disk_run()?;
+    }
+    if rewrite {
+        rewrite_run()?;
     }
     Ok(())
 }
@@ -103,11 +114,38 @@ const ROUNDS: u64 = 20;
 const CLIENTS: u64 = 8;
 const PIPELINE: u64 = 64;
 
+/// Whether one `SET` through `addr` answers `+OK`.
+fn set_ok(addr: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    stream.write_all(b"*3\r\n$3\r\nSET\r\n$5\r\nprobe\r\n$1\r\n1\r\n")?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line == "+OK\r\n")
+}
+
+/// `CLIENTS` writers of [`overwrite`], `rounds` rounds each, to `addr`.
+fn overwrite_rounds(addr: &str, rounds: u64) -> anyhow::Result<()> {
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let addr = addr.to_string();
+            std::thread::spawn(move || overwrite(&addr, c, rounds))
+        })
+        .collect();
+    for client in clients {
+        client
+            .join()
+            .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+    }
+    Ok(())
+}
+
 /// One writer of the bounded-disk run: `SET disk:K <1 KiB of random bytes>` for its
 /// share of the keys (K ≡ `client` mod `CLIENTS`), `ROUNDS` times, pipelined, in
 /// RESP written by hand (random values, unlike redis-benchmark's repeated `x`, do
 /// not compress, so the disk figures are not flattered by RocksDB's compression).
-fn overwrite(addr: &str, client: u64) -> anyhow::Result<()> {
+fn overwrite(addr: &str, client: u64, rounds: u64) -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader, Write};
     let stream = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -123,7 +161,7 @@ fn overwrite(addr: &str, client: u64) -> anyhow::Result<()> {
     let keys: Vec<u64> = (client..KEYS).step_by(usize::try_from(CLIENTS)?).collect();
     let mut value = vec![0u8; 1024];
     let mut line = String::new();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for chunk in keys.chunks(usize::try_from(PIPELINE)?) {
             for k in chunk {
                 for word in value.chunks_mut(8) {
@@ -153,6 +191,123 @@ fn overwrite(addr: &str, client: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `sealkv ARGS`, which must succeed; returns its stdout.
+fn sealkv_ok(binary: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(binary)
+        .args(args)
+        .output()
+        .with_context(|| format!("sealkv {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "sealkv {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn rewrite_run() -> anyhow::Result<()> {
+    let binary = cluster::build_release()?;
+    let base = workspace_root().join("target").join("sealkv-bench-rewrite");
+    if base.exists() {
+        std::fs::remove_dir_all(&base).with_context(|| format!("remove {}", base.display()))?;
+    }
+    std::fs::create_dir_all(&base)?;
+    let kek = base.join("kek");
+    sealkv_ok(&binary, &["kek", "generate", &kek.to_string_lossy()])?;
+    let kek_arg = kek.to_string_lossy().into_owned();
+    let _nodes = Nodes(cluster::spawn(
+        &binary,
+        &base,
+        PORTS,
+        Logs::Files,
+        &["--encryption-enabled", "--kek-file", &kek_arg],
+    )?);
+    let leader = wait_for_leader(&binary, Duration::from_secs(30))?;
+    let admin = Ports::addr(PORTS.admin, leader);
+    // Writes answer TRYAGAIN until the keys are bootstrapped and both envelopes on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = sealkv_ok(
+            &binary,
+            &["encryption", "status", "--json", "--admin-addr", &admin],
+        )?;
+        let status: serde_json::Value = serde_json::from_str(&status)?;
+        if status["storage_envelope"] == true
+            && status["raft_envelope_cutover_index"].as_u64() > Some(0)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("encryption did not come on: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let addr = Ports::addr(PORTS.redis, leader);
+    // ... and until this load's epochs are registered.
+    while !set_ok(&addr)? {
+        if Instant::now() > deadline {
+            bail!("the leader does not take writes");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("==> {KEYS} SETs of 1 KiB of random bytes, sealed under the bootstrap key");
+    overwrite_rounds(&addr, 1)?;
+    sealkv_ok(
+        &binary,
+        &[
+            "encryption",
+            "rotate-dek",
+            "--purpose",
+            "storage",
+            "--admin-addr",
+            &admin,
+        ],
+    )?;
+    let started = Instant::now();
+    let asked = sealkv_ok(&binary, &["encryption", "rewrite", "--admin-addr", &admin])?;
+    eprintln!("{}", asked.trim());
+    let mut rows = Vec::new();
+    for i in 1..=NODES {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let status = store_json(&binary, "status", i)?;
+            let rewrite = &status["rewrite"];
+            if rewrite["requested_index"].as_u64() > Some(0)
+                && rewrite["done_index"].as_u64() >= rewrite["requested_index"].as_u64()
+            {
+                rows.push((i, started.elapsed(), rewrite.clone()));
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("node {i} did not finish the rewrite: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    eprintln!();
+    eprintln!(
+        "{:<6} {:>10} {:>10} {:>12} {:>14}",
+        "node", "scanned", "resealed", "done after", "versions/s"
+    );
+    for (i, elapsed, rewrite) in rows {
+        let resealed = rewrite["rewritten"].as_u64().unwrap_or(0);
+        #[allow(clippy::cast_precision_loss)]
+        let rate = resealed as f64 / elapsed.as_secs_f64();
+        eprintln!(
+            "{:<6} {:>10} {:>10} {:>11.2}s {:>14.0}",
+            i,
+            rewrite["scanned"],
+            resealed,
+            elapsed.as_secs_f64(),
+            rate
+        );
+    }
+    Ok(())
+}
+
 fn disk_run() -> anyhow::Result<()> {
     let binary = cluster::build_release()?;
     let base = workspace_root().join("target").join("sealkv-bench-disk");
@@ -171,18 +326,7 @@ fn disk_run() -> anyhow::Result<()> {
     eprintln!(
         "==> {ROUNDS} rounds of SET over {KEYS} keys, 1 KiB of random bytes each, {CLIENTS} clients pipelining {PIPELINE}"
     );
-    let addr = Ports::addr(PORTS.redis, leader);
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let addr = addr.clone();
-            std::thread::spawn(move || overwrite(&addr, c))
-        })
-        .collect();
-    for client in clients {
-        client
-            .join()
-            .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
-    }
+    overwrite_rounds(&Ports::addr(PORTS.redis, leader), ROUNDS)?;
     let written = started.elapsed();
     let before: Vec<u64> = (1..=NODES)
         .map(|i| dir_bytes(&base.join(format!("node{i}"))))
