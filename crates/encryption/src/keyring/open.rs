@@ -230,7 +230,11 @@ impl Keyring {
     ///   key's floor: when the node installs or adopts the key, it takes an
     ///   epoch above it, so a node whose data dir was wiped after one load never
     ///   reuses that load's epoch;
-    /// * inactive keys never seal and are not checked.
+    /// * inactive keys never seal and are not checked; nor does a key the node does
+    ///   not hold whose id is below one it holds. Ids are issued in increasing
+    ///   order and a node installs keys in log order, so it held that key and
+    ///   it was retired (DESIGN.md §6, "Retiring a key"): it never seals again,
+    ///   and its rows stay in the registry;
     ///
     /// # Errors
     /// [`KeyringError::EarlierCopy`] for the first row that fails; no floor is
@@ -238,12 +242,14 @@ impl Keyring {
     pub fn check_cluster_record(&self, rows: &[(u32, u16)]) -> Result<()> {
         let live = self.read();
         let active = [live.active(Purpose::Storage), live.active(Purpose::Raft)];
+        let highest_held = live.nonces.keys().copied().max();
         let mut floors = Vec::new();
         for &(key_id, recorded) in rows {
             let epoch = match live.nonces.get(&key_id) {
                 Some(_) if !active.contains(&Some(key_id)) => continue,
                 Some(state) if state.local_epoch > recorded => continue,
                 Some(state) => state.local_epoch,
+                None if highest_held.is_some_and(|h| key_id < h) => continue,
                 None if recorded <= 1 => {
                     floors.push((key_id, recorded));
                     continue;

@@ -439,6 +439,32 @@ fn check_cluster_record_rules() {
     }
 }
 
+/// A key retired after this node sealed under it in an earlier load (recorded at
+/// epoch 2 or more) is not held any more, and is no sign of an earlier copy: its id
+/// is below a key the node holds. A key above every held id still is.
+#[test]
+fn check_cluster_record_skips_retired_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_sidecar(
+        dir.path(),
+        9,
+        active(3, 2),
+        &[(2, Purpose::Raft, 4), (3, Purpose::Storage, 1)],
+    );
+    let keyring = open(dir.path()).expect("open");
+    keyring
+        .check_cluster_record(&[(1, 7), (2, 3), (3, 0)])
+        .expect("retired key 1 is skipped");
+    match keyring.check_cluster_record(&[(1, 7), (4, 2)]) {
+        Err(KeyringError::EarlierCopy {
+            key_id: 4,
+            epoch: 0,
+            recorded: 2,
+        }) => {}
+        other => panic!("a key above every held id is still checked: {other:?}"),
+    }
+}
+
 #[test]
 fn check_registry_covers_both_active_keys_and_skips_registered_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
