@@ -629,6 +629,27 @@ impl Applier {
         })
     }
 
+    /// The keyring a rotation-family entry of sealkv's own at `index` (a switch, a
+    /// retirement) applies to, or `Err(Applied::Replayed)` when the sidecar already
+    /// reflects the entry (a replay after a crash between the sidecar and the
+    /// applied index changes nothing).
+    ///
+    /// # Errors
+    /// [`ApplyError::KekNotConfigured`] without a keyring.
+    fn sidecar_entry(&self, index: u64) -> Result<std::result::Result<&Arc<Keyring>, Applied>> {
+        let Some(keyring) = &self.keyring else {
+            return Err(ApplyError::KekNotConfigured {
+                opcode: OP_ROTATION,
+            });
+        };
+        if keyring.sidecar_applied_index() >= index && keyring.has_sidecar() {
+            return Ok(Err(Applied::Replayed {
+                opcode: OP_ROTATION,
+            }));
+        }
+        Ok(Ok(keyring))
+    }
+
     /// Applies an envelope switch (see [`EnvelopeSwitch`]). Turning on an envelope
     /// that is already on keeps it as it is (the Raft cutover does not move).
     ///
@@ -637,16 +658,10 @@ impl Applier {
     /// encrypt must not apply past the switch); [`ApplyError::Keyring`] when the
     /// sidecar cannot be written.
     pub fn apply_envelope_switch(&self, index: u64, switch: EnvelopeSwitch) -> Result<Applied> {
-        let Some(keyring) = &self.keyring else {
-            return Err(ApplyError::KekNotConfigured {
-                opcode: OP_ROTATION,
-            });
+        let keyring = match self.sidecar_entry(index)? {
+            Ok(keyring) => keyring,
+            Err(replayed) => return Ok(replayed),
         };
-        if keyring.sidecar_applied_index() >= index && keyring.has_sidecar() {
-            return Ok(Applied::Replayed {
-                opcode: OP_ROTATION,
-            });
-        }
         if !keyring.is_bootstrapped() {
             return Ok(Applied::Rejected {
                 reason: Rejection::NotBootstrapped,
@@ -682,16 +697,10 @@ impl Applier {
     /// [`ApplyError::KekNotConfigured`] without a keyring; [`ApplyError::Keyring`]
     /// when the sidecar cannot be written.
     pub fn apply_retirement(&self, index: u64, retire: KeyRetirement) -> Result<Applied> {
-        let Some(keyring) = &self.keyring else {
-            return Err(ApplyError::KekNotConfigured {
-                opcode: OP_ROTATION,
-            });
+        let keyring = match self.sidecar_entry(index)? {
+            Ok(keyring) => keyring,
+            Err(replayed) => return Ok(replayed),
         };
-        if keyring.sidecar_applied_index() >= index && keyring.has_sidecar() {
-            return Ok(Applied::Replayed {
-                opcode: OP_ROTATION,
-            });
-        }
         if let Some(reason) = retire_refusal(keyring, retire.key_id) {
             return Ok(Applied::Rejected { reason });
         }

@@ -563,17 +563,18 @@ impl Maintainer {
                 }
                 true
             }
-            Ok(Err(e)) => {
-                tracing::error!("gc pass failed: {e}");
-                self.status_mut().last_error = Some(e.to_string());
-                tokio::time::sleep(SAMPLE_EVERY).await;
-                false
-            }
-            Err(e) => {
-                tracing::error!("gc task failed: {e}");
-                false
-            }
+            Ok(Err(e)) => self.failed("gc pass", &e).await,
+            Err(e) => self.failed("gc task", &e).await,
         }
+    }
+
+    /// Records a failed GC pass or compaction in the log and status, and waits a
+    /// moment before the worker tries again. Returns `false` (not finished).
+    async fn failed(&self, what: &str, error: &(dyn std::fmt::Display + Sync)) -> bool {
+        tracing::error!("{what} failed: {error}");
+        self.status_mut().last_error = Some(format!("{what}: {error}"));
+        tokio::time::sleep(SAMPLE_EVERY).await;
+        false
     }
 
     /// Flushes and compacts every column family. Returns whether it succeeded.
@@ -587,17 +588,8 @@ impl Maintainer {
                 tracing::info!(sst_bytes = sst, "compacted the store");
                 true
             }
-            Ok(Err(e)) => {
-                tracing::error!("compaction failed: {e}");
-                self.status_mut().last_error = Some(e.to_string());
-                tokio::time::sleep(SAMPLE_EVERY).await;
-                false
-            }
-            Err(e) => {
-                tracing::error!("compaction task failed: {e}");
-                tokio::time::sleep(SAMPLE_EVERY).await;
-                false
-            }
+            Ok(Err(e)) => self.failed("compaction", &e).await,
+            Err(e) => self.failed("compaction task", &e).await,
         }
     }
 

@@ -118,6 +118,29 @@ impl Cursor {
     pub fn is_done(&self) -> bool {
         self.done
     }
+
+    /// Starts a step in the store's `generation`: a pass that is done, or was
+    /// taken before a snapshot install, starts over. Returns whether a pass under
+    /// way restarted.
+    fn begin(&mut self, generation: u64) -> bool {
+        if self.generation == generation && !self.done {
+            return false;
+        }
+        let restarted = self.generation != generation && self.next.is_some();
+        *self = Cursor {
+            generation,
+            ..Cursor::default()
+        };
+        restarted
+    }
+
+    /// Puts `iter` where the step continues.
+    fn seek<D: rocksdb::DBAccess>(&self, iter: &mut rocksdb::DBRawIteratorWithThreadMode<'_, D>) {
+        match &self.next {
+            Some(next) => iter.seek(next),
+            None => iter.seek_to_first(),
+        }
+    }
 }
 
 /// What one step did.
@@ -181,22 +204,15 @@ impl RocksStore {
         now_ms: u64,
         mut live: Option<&mut LiveStats>,
     ) -> Result<StepStats> {
-        let guard = self.maintenance_guard();
-        let mut stats = StepStats::default();
-        if cursor.generation != *guard || cursor.done {
-            stats.restarted = cursor.generation != *guard && cursor.next.is_some();
-            *cursor = Cursor {
-                generation: *guard,
-                ..Cursor::default()
-            };
-        }
+        let generation = self.maintenance_guard();
+        let mut stats = StepStats {
+            restarted: cursor.begin(*generation),
+            ..StepStats::default()
+        };
         let db = self.db();
         let data = cf(db, CF_DATA)?;
         let mut iter = db.raw_iterator_cf(data);
-        match &cursor.next {
-            Some(next) => iter.seek(next),
-            None => iter.seek_to_first(),
-        }
+        cursor.seek(&mut iter);
         let mut wb = rocksdb::WriteBatch::default();
         let mut key = cursor.key.take();
         let mut passed = cursor.passed_visible;
@@ -273,22 +289,15 @@ impl RocksStore {
         budget: usize,
         decide: &mut Decide<'_, E>,
     ) -> std::result::Result<StepStats, E> {
-        let guard = self.maintenance_guard();
-        let mut stats = StepStats::default();
-        if cursor.generation != *guard || cursor.done {
-            stats.restarted = cursor.generation != *guard && cursor.next.is_some();
-            *cursor = Cursor {
-                generation: *guard,
-                ..Cursor::default()
-            };
-        }
+        let generation = self.maintenance_guard();
+        let mut stats = StepStats {
+            restarted: cursor.begin(*generation),
+            ..StepStats::default()
+        };
         let db = self.db();
         let data = cf(db, CF_DATA)?;
         let mut iter = db.raw_iterator_cf(data);
-        match &cursor.next {
-            Some(next) => iter.seek(next),
-            None => iter.seek_to_first(),
-        }
+        cursor.seek(&mut iter);
         let mut wb = rocksdb::WriteBatch::default();
         let mut failure = None;
         let mut visited = 0usize;

@@ -1,23 +1,12 @@
 //! KV command semantics through the state machine: replies, conditions, expiry and
 //! user errors that are replies, not halts.
 
-use sealkv_kv::{
-    Command, CommandError, Entry, KvRequest, OP_KV, Outcome, PutCondition, Reply, UserError,
-};
+use sealkv_kv::{Command, CommandError, KvRequest, OP_KV, PutCondition, Reply, UserError};
 
 use crate::support::*;
 
 fn replies(fsm: &mut sealkv_kv::KvFsm, commands: Vec<Command>) -> Vec<Reply> {
-    let data = request(commands);
-    let index = fsm.applied_index() + 1;
-    let out = fsm.apply(&[Entry { index, data: &data }]).expect("apply");
-    match &out[..] {
-        [o] => match &o.outcome {
-            Outcome::Kv(r) => r.clone(),
-            other => panic!("unexpected outcome {other:?}"),
-        },
-        other => panic!("unexpected outcomes {other:?}"),
-    }
+    apply_kv(fsm, &request(commands))
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! rewrite requests land in the metadata every node's worker reads.
 
 use sealkv_kv::{
-    COMPACT_REQUEST_META_KEY, Command, Entry, KvRequest, Maintenance, Outcome, PutCondition,
+    COMPACT_REQUEST_META_KEY, Command, Entry, KvRequest, Maintenance, PutCondition,
     REWRITE_REQUEST_META_KEY, Reply, gc_horizon, meta_u64,
 };
 use sealkv_store::gc::Horizon;
@@ -28,18 +28,6 @@ fn at(issued_at_ms: u64, commands: Vec<Command>) -> Vec<u8> {
     .expect("encode")
 }
 
-fn apply_one(fsm: &mut sealkv_kv::KvFsm, data: &[u8]) -> Vec<Reply> {
-    let index = fsm.applied_index() + 1;
-    let out = fsm.apply(&[Entry { index, data }]).expect("apply");
-    match &out[..] {
-        [o] => match &o.outcome {
-            Outcome::Kv(r) => r.clone(),
-            other => panic!("unexpected outcome {other:?}"),
-        },
-        other => panic!("unexpected outcomes {other:?}"),
-    }
-}
-
 #[test]
 fn the_safe_point_moves_forward_only_and_never_past_its_entry() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -47,7 +35,7 @@ fn the_safe_point_moves_forward_only_and_never_past_its_entry() {
     let horizon = |fsm: &sealkv_kv::KvFsm| gc_horizon(fsm.store().as_ref()).expect("horizon");
     // Entry 1 names index 500: clamped to 1.
     assert_eq!(
-        apply_one(
+        apply_kv(
             &mut fsm,
             &at(NOW, vec![maintain(Some((500, NOW - 10)), false, false)])
         ),
@@ -61,7 +49,7 @@ fn the_safe_point_moves_forward_only_and_never_past_its_entry() {
         }
     );
     // Older bounds change nothing; each bound moves on its own.
-    apply_one(
+    apply_kv(
         &mut fsm,
         &at(NOW, vec![maintain(Some((0, NOW - 20)), false, false)]),
     );
@@ -72,7 +60,7 @@ fn the_safe_point_moves_forward_only_and_never_past_its_entry() {
             at_ms: NOW - 10
         }
     );
-    apply_one(
+    apply_kv(
         &mut fsm,
         &at(NOW, vec![maintain(Some((2, NOW - 30)), false, false)]),
     );
@@ -103,8 +91,8 @@ fn the_safe_point_moves_forward_only_and_never_past_its_entry() {
         }
     );
     // Requests record their entry's index.
-    apply_one(&mut fsm, &at(NOW, vec![maintain(None, true, false)]));
-    apply_one(&mut fsm, &at(NOW, vec![maintain(None, false, true)]));
+    apply_kv(&mut fsm, &at(NOW, vec![maintain(None, true, false)]));
+    apply_kv(&mut fsm, &at(NOW, vec![maintain(None, false, true)]));
     let store = fsm.store().as_ref();
     assert_eq!(
         meta_u64(store, COMPACT_REQUEST_META_KEY).expect("compact"),
@@ -137,7 +125,7 @@ fn expiry_is_never_judged_before_the_safe_point() {
         expire_at_ms: 0,
         condition,
     };
-    apply_one(
+    apply_kv(
         &mut fsm,
         &at(
             NOW,
@@ -151,22 +139,22 @@ fn expiry_is_never_judged_before_the_safe_point() {
     );
     // A proposer whose clock says the value is live: SET NX is refused.
     assert_eq!(
-        apply_one(&mut fsm, &at(NOW, vec![put("nx", PutCondition::IfAbsent)])),
+        apply_kv(&mut fsm, &at(NOW, vec![put("nx", PutCondition::IfAbsent)])),
         vec![Reply::Nil]
     );
     // Once the safe point's time is past the expiry, the same lagging clock sees it
     // expired (GC may already have removed it on some replica).
-    apply_one(
+    apply_kv(
         &mut fsm,
         &at(NOW, vec![maintain(Some((1, expires)), false, false)]),
     );
     assert_eq!(
-        apply_one(&mut fsm, &at(NOW, vec![put("nx", PutCondition::IfAbsent)])),
+        apply_kv(&mut fsm, &at(NOW, vec![put("nx", PutCondition::IfAbsent)])),
         vec![Reply::Ok]
     );
     assert_eq!(fsm.get(b"k", NOW).expect("read"), Some(b"nx".to_vec()));
     // Reads clamp the same way.
-    apply_one(
+    apply_kv(
         &mut fsm,
         &at(
             NOW,

@@ -27,6 +27,19 @@ pub fn open_plain_fsm(dir: &Path) -> KvFsm {
     KvFsm::new(store).expect("fsm")
 }
 
+/// Applies the KV entry `data` as the next index; its replies.
+pub fn apply_kv(fsm: &mut KvFsm, data: &[u8]) -> Vec<sealkv_kv::Reply> {
+    let index = fsm.applied_index() + 1;
+    let out = fsm.apply(&[Entry { index, data }]).expect("apply");
+    match &out[..] {
+        [o] => match &o.outcome {
+            sealkv_kv::Outcome::Kv(r) => r.clone(),
+            other => panic!("unexpected outcome {other:?}"),
+        },
+        other => panic!("unexpected outcomes {other:?}"),
+    }
+}
+
 pub fn request(commands: Vec<Command>) -> Vec<u8> {
     KvRequest {
         issued_at_ms: NOW,

@@ -44,6 +44,19 @@ fn compact(node: &Node) -> u64 {
     done
 }
 
+/// `sealkv encryption rewrite --wait` through `node`, which must succeed; its output.
+fn rewrite_wait(node: &Node, what: &str) -> String {
+    let (ok, out, err) = run(sealkv().args([
+        "encryption",
+        "rewrite",
+        "--wait",
+        "--admin-addr",
+        &node.admin,
+    ]));
+    assert!(ok, "{what}: {out}{err}");
+    out
+}
+
 /// Waits until every node has finished the compaction request `index`.
 fn compacted_everywhere(cluster: &Cluster, index: u64) {
     for node in &cluster.nodes {
@@ -259,14 +272,7 @@ fn a_migrated_cluster_holds_no_cleartext_after_rewrite_and_compaction() {
         .collect();
 
     // Rewrite on every node, waiting for the node asked; then for the others.
-    let (ok, out, err) = run(sealkv().args([
-        "encryption",
-        "rewrite",
-        "--wait",
-        "--admin-addr",
-        &c.node(2).admin,
-    ]));
-    assert!(ok, "rewrite: {out}{err}");
+    let out = rewrite_wait(c.node(2), "rewrite");
     assert!(out.contains("rewrite done"), "{out}");
     let requested = field(&store_status(&c.nodes[1])["rewrite"], "requested_index");
     for node in &c.nodes {
@@ -289,14 +295,7 @@ fn a_migrated_cluster_holds_no_cleartext_after_rewrite_and_compaction() {
     for node in &c.nodes {
         read_marked(node, &prefix, &indexes);
     }
-    let (ok, out, err) = run(sealkv().args([
-        "encryption",
-        "rewrite",
-        "--wait",
-        "--admin-addr",
-        &c.node(1).admin,
-    ]));
-    assert!(ok, "second rewrite: {out}{err}");
+    let out = rewrite_wait(c.node(1), "second rewrite");
     assert!(out.contains(" 0 resealed"), "{out}");
     for node in &c.nodes {
         let usage = &encryption_status(node)["versions_by_key"];
@@ -325,14 +324,7 @@ fn a_migrated_cluster_holds_no_cleartext_after_rewrite_and_compaction() {
     };
     let (code, body) = retire(&c.nodes[2]);
     assert_eq!(code, 409, "retire while values remain: {body}");
-    let (ok, out, err) = run(sealkv().args([
-        "encryption",
-        "rewrite",
-        "--wait",
-        "--admin-addr",
-        &c.node(1).admin,
-    ]));
-    assert!(ok, "rewrite after the rotation: {out}{err}");
+    rewrite_wait(c.node(1), "rewrite after the rotation");
     let requested = field(&store_status(&c.nodes[0])["rewrite"], "requested_index");
     for node in &c.nodes {
         eventually(
