@@ -71,5 +71,5 @@ pub use command::{
 };
 pub use fsm::{
     ENCRYPTION_META_KEY, Entry, EntryOutcome, Halt, HaltCause, Halted, KvFsm, LiveValue, Outcome,
-    ReadError, Reader, Refusal, Reply, UserError, error_chain,
+    ReadError, Reader, Refusal, Reply, SnapshotData, UserError, error_chain,
 };
