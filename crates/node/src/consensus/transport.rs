@@ -867,6 +867,10 @@ async fn send_snapshot(
     let producer = tokio::task::spawn_blocking(move || {
         let result =
             sealkv_store::stream_checkpoint(&out_dir, &descriptor, chunk_bytes, &mut |chunk| {
+                // Fail point: a chunk is about to be handed to the connection
+                // (`sleep(ms)` slows a transfer so a test can cut it midway).
+                #[cfg(feature = "failpoints")]
+                fail::fail_point!("transport::snapshot-chunk");
                 tx.blocking_send(chunk)
                     .map_err(|_| sealkv_store::StoreError::Backend {
                         op: "hand a snapshot chunk to the transport",

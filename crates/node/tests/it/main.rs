@@ -10,6 +10,7 @@ mod encryption;
 mod limits;
 mod lost_state;
 mod resp;
+mod snapshots;
 mod support;
 mod tls;
 mod trust;
