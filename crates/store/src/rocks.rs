@@ -270,6 +270,13 @@ impl RocksStore {
             wb.put_cf(cf(&self.db, name)?, &key, &value);
         }
         self.write_synced(wb, "install snapshot metadata")?;
+        // Fail point: the old rows are gone, the snapshot's metadata rows and the
+        // marker are in, no data row and no applied index yet. Startup installs
+        // the file again.
+        fail_point!("store::install-snapshot-rows", |_| Err(crate::injected(
+            "install snapshot rows",
+            "store::install-snapshot-rows"
+        )));
 
         // 3. The data rows, in bounded batches.
         let data = cf(&self.db, CF_DATA)?;
@@ -284,12 +291,6 @@ impl RocksStore {
                 self.db
                     .write(std::mem::take(&mut wb))
                     .map_err(|e| backend("install snapshot rows", e))?;
-                // Fail point: some of the data rows are written, the applied index
-                // is not. Startup installs the file again.
-                fail_point!("store::install-snapshot-rows", |_| Err(crate::injected(
-                    "install snapshot rows",
-                    "store::install-snapshot-rows"
-                )));
             }
         }
 

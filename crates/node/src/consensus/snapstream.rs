@@ -589,3 +589,192 @@ pub fn transfer_frames(
     frames.push(SnapFrame::Message(Box::new(message)));
     frames
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.from = 1;
+        m.to = 2;
+        m.term = 3;
+        m
+    }
+
+    fn dump() -> Vec<u8> {
+        (0..3000u32).map(|i| (i * 7 % 256) as u8).collect()
+    }
+
+    /// Feeds the frames' bytes through the reader and an [`Incoming`] over memory:
+    /// the messages delivered, the files completed, and the error that stopped it.
+    fn run(bytes: &[u8]) -> (Vec<Message>, MemoryFiles, Option<String>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut files = MemoryFiles::default();
+        let mut delivered = Vec::new();
+        let mut error = None;
+        {
+            let mut incoming = Incoming::new(&mut files);
+            let mut rest = bytes;
+            loop {
+                match runtime.block_on(read_snap_frame(&mut rest, None)) {
+                    Ok(None) => break,
+                    Ok(Some(frame)) => match incoming.handle(frame) {
+                        Ok(Some((m, _))) => delivered.push(*m),
+                        Ok(None) => {}
+                        Err(e) => {
+                            error = Some(e.to_string());
+                            break;
+                        }
+                    },
+                    Err(e) => {
+                        error = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+        (delivered, files, error)
+    }
+
+    fn encode(frames: &[SnapFrame]) -> Vec<u8> {
+        frames
+            .iter()
+            .flat_map(|f| f.encode().expect("encode"))
+            .collect()
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let frames = transfer_frames(9, 12, &dump(), 1000, message());
+        assert_eq!(frames.len(), 1 + 3 + 1);
+        for frame in &frames {
+            let bytes = frame.encode().expect("encode");
+            let body = bytes.get(4..).expect("header");
+            assert_eq!(
+                u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes")) as usize,
+                body.len()
+            );
+            assert_eq!(&SnapFrame::decode(body).expect("decode"), frame);
+        }
+        assert_eq!(
+            SnapFrame::Keepalive.encode().expect("encode"),
+            vec![0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn a_whole_transfer_completes_with_the_dump() {
+        for chunk in [1, 999, 1000, 3000, 1 << 20] {
+            let frames = transfer_frames(9, 12, &dump(), chunk, message());
+            let mut bytes = SnapFrame::Keepalive.encode().expect("keepalive");
+            bytes.extend(encode(&frames));
+            let (delivered, files, error) = run(&bytes);
+            assert_eq!(error, None, "chunk {chunk}");
+            assert_eq!(delivered.len(), 1);
+            assert_eq!(files.complete, vec![(9, dump())]);
+            assert_eq!(files.discarded, 0);
+            let d = SnapshotDescriptor::decode(delivered[0].get_snapshot().get_data())
+                .expect("descriptor");
+            assert_eq!((d.id, d.applied_index, d.total_bytes), (9, 12, 3000));
+        }
+    }
+
+    /// A flipped byte anywhere in any chunk's data or digest is refused as a
+    /// corrupt chunk, and nothing completes.
+    #[test]
+    fn a_flipped_byte_in_any_chunk_is_refused() {
+        let frames = transfer_frames(9, 12, &dump(), 1000, message());
+        for index in 1..=3 {
+            for at in (0..1032usize).step_by(13) {
+                let mut bad = frames.clone();
+                let Some(SnapFrame::Chunk { data, digest, .. }) = bad.get_mut(index) else {
+                    panic!("frame {index} is a chunk");
+                };
+                match at.checked_sub(32) {
+                    None => digest[at] ^= 0x40,
+                    Some(i) => data[i] ^= 0x40,
+                }
+                let (delivered, files, error) = run(&encode(&bad));
+                let error = error.expect("refused");
+                assert!(
+                    error.contains(&format!("chunk {} does not match", index - 1)),
+                    "{error}"
+                );
+                assert!(delivered.is_empty() && files.complete.is_empty());
+                assert_eq!(files.discarded, 1);
+            }
+        }
+    }
+
+    /// A stream cut short anywhere delivers nothing; a stream whose message does
+    /// not seal what arrived (a chunk missing, another id, another digest) is
+    /// refused.
+    #[test]
+    fn truncated_or_mismatched_streams_are_refused() {
+        let frames = transfer_frames(9, 12, &dump(), 1000, message());
+        let bytes = encode(&frames);
+        for cut in 0..bytes.len() {
+            let (delivered, files, _) = run(&bytes[..cut]);
+            assert!(delivered.is_empty(), "cut at {cut}");
+            assert!(files.complete.is_empty(), "cut at {cut}");
+        }
+        let mut gap = frames.clone();
+        gap.remove(2);
+        let (_, _, error) = run(&encode(&gap));
+        assert!(error.expect("refused").contains("expected 1"));
+
+        let sealed_with = |f: &dyn Fn(&mut SnapshotDescriptor)| {
+            let mut bad = frames.clone();
+            let Some(SnapFrame::Message(m)) = bad.last_mut() else {
+                panic!("the last frame is the message");
+            };
+            let mut d = SnapshotDescriptor::decode(m.get_snapshot().get_data()).expect("d");
+            f(&mut d);
+            m.mut_snapshot().set_data(d.encode().into());
+            run(&encode(&bad))
+        };
+        for (what, f) in [
+            (
+                "id",
+                &(|d: &mut SnapshotDescriptor| d.id = 10) as &dyn Fn(&mut SnapshotDescriptor),
+            ),
+            ("index", &|d| d.applied_index = 13),
+            ("length", &|d| d.total_bytes -= 1),
+            ("chunks", &|d| d.chunk_count = 4),
+            ("digest", &|d| d.digest[0] ^= 1),
+        ] {
+            let (delivered, files, error) = sealed_with(f);
+            assert!(error.is_some(), "{what}");
+            assert!(delivered.is_empty() && files.complete.is_empty(), "{what}");
+            assert_eq!(files.discarded, 1, "{what}");
+        }
+        // A chunk before any begin.
+        let (_, _, error) = run(&encode(&frames[1..]));
+        assert!(error.expect("refused").contains("before any begin"));
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_reading_them() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut huge = (MAX_FRAME + 1).to_be_bytes().to_vec();
+        huge.push(KIND_CHUNK);
+        let mut rest = huge.as_slice();
+        assert!(matches!(
+            runtime.block_on(read_snap_frame(&mut rest, None)),
+            Err(SnapFrameError::TooLarge { .. })
+        ));
+        let mut big_message = (MAX_MESSAGE_FRAME + 1).to_be_bytes().to_vec();
+        big_message.push(KIND_MESSAGE);
+        let mut rest = big_message.as_slice();
+        assert!(matches!(
+            runtime.block_on(read_snap_frame(&mut rest, None)),
+            Err(SnapFrameError::TooLarge { .. })
+        ));
+    }
+}
