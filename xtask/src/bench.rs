@@ -3,9 +3,12 @@
 //! three-node release cluster.
 //!
 //! ```text
-//! cargo xtask bench             both
+//! cargo xtask bench             all three
 //! cargo xtask bench --micro     only the criterion benches
 //! cargo xtask bench --cluster   only the cluster run
+//! cargo xtask bench --snapshot  only the snapshot-memory run (`bench_snapshot`:
+//!                               a learner catches up by a snapshot of 1 GiB;
+//!                               peak RSS and transfer time)
 //! ```
 //!
 //! The cluster run uses ports 16379-16381 (redis), 17379-17381 (raft) and
@@ -31,16 +34,17 @@ const REQUESTS: &str = "20000";
 
 /// Runs the benchmarks the flags select.
 pub fn bench(args: &[String]) -> anyhow::Result<()> {
-    let (mut micro, mut cluster) = (false, false);
+    let (mut micro, mut cluster, mut snapshot) = (false, false, false);
     for arg in args {
         match arg.as_str() {
             "--micro" => micro = true,
             "--cluster" => cluster = true,
-            other => bail!("unknown bench flag {other:?} (--micro, --cluster)"),
+            "--snapshot" => snapshot = true,
+            other => bail!("unknown bench flag {other:?} (--micro, --cluster, --snapshot)"),
         }
     }
-    if !micro && !cluster {
-        (micro, cluster) = (true, true);
+    if !micro && !cluster && !snapshot {
+        (micro, cluster, snapshot) = (true, true, true);
     }
     if micro {
         run(
@@ -50,6 +54,9 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
     }
     if cluster {
         cluster_run()?;
+    }
+    if snapshot {
+        crate::bench_snapshot::run()?;
     }
     Ok(())
 }
