@@ -186,7 +186,9 @@ fn measure(binary: &Path, base: &Path) -> anyhow::Result<()> {
         TOTAL_BYTES >> 20,
         started.elapsed().as_secs_f64()
     );
-    nodes.0.push(start(binary, base, 2, &["--join", "--peers", &peers])?);
+    nodes
+        .0
+        .push(start(binary, base, 2, &["--join", "--peers", &peers])?);
     wait("node 2 to answer", Duration::from_secs(30), || {
         admin_get(2, "/status").is_some()
     })?;
@@ -209,6 +211,17 @@ fn measure(binary: &Path, base: &Path) -> anyhow::Result<()> {
         || metric(2, "sealkv_snapshots_installed_total") >= 1,
     )?;
     let transfer = started.elapsed();
+    for id in [1, 2] {
+        let log = std::fs::read_to_string(base.join(format!("node{id}.log"))).unwrap_or_default();
+        for line in log.lines().filter(|l| {
+            l.contains("sent snapshot")
+                || l.contains("received snapshot")
+                || l.contains("send snapshot")
+                || l.contains("refused a snapshot")
+        }) {
+            eprintln!("[node{id}] {line}");
+        }
+    }
     let [leader, learner] = [&nodes.0[0], &nodes.0[1]].map(|c| c.id());
     let (leader_rss, learner_rss) = (peak_rss_mib(leader)?, peak_rss_mib(learner)?);
     let sent = metric(1, "sealkv_snapshot_sent_bytes_total");

@@ -504,8 +504,9 @@ fn read_frames(data: &[u8], limit: u32) -> Frames {
     }
 }
 
-/// A Raft peer's stream of frames after the hello, read under the snapshot lane's
-/// limit, the normal lane's (for the default entry size) and a small one: each
+/// A Raft peer's stream of frames after the hello, read under the largest limit a
+/// normal lane may have (`MAX_SNAPSHOT_FRAME`, 1 GiB), the normal lane's (for the
+/// default entry size) and a small one: each
 /// message re-encodes to bytes of the same size that decode to the same known
 /// fields, there are no more frames (keepalives included) than length headers fit
 /// in the input, and a smaller limit reads the same frames up to the first one

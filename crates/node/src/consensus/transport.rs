@@ -39,8 +39,9 @@
 //! so a slow peer cannot exhaust memory. A lane dials when it has a message to send,
 //! sends a keepalive frame when it has sent nothing for a fifth of its idle timeout
 //! (at most 1 s, well inside any listener's, which is at least 2 s), notices at once when the listener closes the connection (the
-//! listener never writes, so anything readable is the close), and redials with
-//! backoff (100 ms doubling to 2 s; a connection that lived 2 s resets it).
+//! listener writes nothing but the ack that ends a snapshot transfer, so anything
+//! else readable is the close), and redials with backoff (100 ms doubling to 2 s; a
+//! connection that lived 2 s resets it).
 //!
 //! ## Accepting
 //!
@@ -111,7 +112,14 @@ const MAGIC: &[u8; 4] = b"SKVR";
 /// Transport protocol version: 4 has the lane byte and keepalive frames, 5 streams
 /// snapshots in chunks.
 const VERSION: u8 = 5;
-/// Largest frame a normal lane may be configured to take.
+/// The byte a snapshot lane's listener writes once a transfer checked out and its
+/// message went to Raft.
+const SNAPSHOT_ACK: u8 = 0x01;
+/// How long a sender waits for that byte after the message (the receiver syncs the
+/// whole file first).
+const SNAPSHOT_ACK_TIMEOUT: Duration = Duration::from_secs(600);
+/// Largest frame a normal lane may be configured to take (the name is from
+/// version 4, whose snapshot lane carried a whole snapshot in one frame).
 pub const MAX_SNAPSHOT_FRAME: u32 = 1 << 30;
 /// Messages queued per peer on the normal lane.
 const NORMAL_QUEUE: usize = 4096;
@@ -780,7 +788,8 @@ impl Outbox for Arc<Transport> {
 /// An open outbound connection, over TCP or TLS.
 struct Conn {
     writer: BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
-    /// Never read for data: the listener never writes, so a read that completes is
+    /// Never read for data but a snapshot's ack (the listener writes nothing else),
+    /// so a read that completes outside a snapshot transfer is
     /// the listener closing the connection (TLS's own records, such as session
     /// tickets, yield no data).
     reader: Box<dyn AsyncRead + Send + Unpin>,
@@ -845,10 +854,10 @@ async fn write_frame(
 /// Streams the dump of the snapshot `message` describes (an unsealed descriptor)
 /// on the snapshot lane: a begin frame, the chunks as a blocking task reads them
 /// from the checkpoint (at most two queued: memory stays about two chunks), then
-/// the message with the sealed descriptor. The checkpoint is removed whatever the
-/// outcome. `Ok` once every byte is handed to the connection: the receiver hands
-/// the message to Raft only if the stream checks out, and closes the connection
-/// if not, which fails this send or the next.
+/// the message with the sealed descriptor, then waits for the receiver's ack (one
+/// byte, written once the stream checked out and the message went to Raft; a
+/// refusal closes the connection instead). The checkpoint is removed whatever the
+/// outcome.
 async fn send_snapshot(
     transport: &Arc<Transport>,
     conn: &mut Conn,
@@ -903,6 +912,31 @@ async fn send_snapshot(
     message.mut_snapshot().set_data(sealed.encode().into());
     snapstream::write_snap_frame(&mut conn.writer, &SnapFrame::Message(Box::new(message))).await?;
     conn.writer.flush().await?;
+    // Raft hears of success only once the receiver has the message: before that, its
+    // appends to the follower would be refused (the follower has not stepped the
+    // snapshot yet) and make the leader send another snapshot.
+    match tokio::time::timeout(SNAPSHOT_ACK_TIMEOUT, conn.reader.read_u8()).await {
+        Ok(Ok(SNAPSHOT_ACK)) => {}
+        Ok(Ok(other)) => {
+            return Err(invalid(format!(
+                "the receiver answered {other:#04x}, not an ack"
+            )));
+        }
+        Ok(Err(e)) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "the receiver closed the connection before its ack (it refused the snapshot?): {e}"
+                ),
+            ));
+        }
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no ack within {SNAPSHOT_ACK_TIMEOUT:?}"),
+            ));
+        }
+    }
     transport
         .metrics
         .snapshot_transfer_seconds
@@ -1233,7 +1267,7 @@ async fn accept_tls(
 /// Reads one inbound connection: its hello within the hello timeout, its identity
 /// (`Transport::identify`), its (peer, lane) slot, then frames until it closes,
 /// fails, breaks a rule or idles out. `Ok` when the peer closed it.
-async fn receive<S: AsyncRead + Unpin>(
+async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     verified: Option<u64>,
     pending: Pending,
@@ -1305,7 +1339,7 @@ async fn receive<S: AsyncRead + Unpin>(
 /// Reads a snapshot-lane connection (`super::snapstream`): transfers into files
 /// in the data directory, each message handed to `inbox` once its transfer
 /// checked out.
-async fn receive_snapshots<R: AsyncRead + Unpin>(
+async fn receive_snapshots<R: AsyncRead + AsyncWrite + Unpin>(
     reader: &mut R,
     origin: Origin,
     transport: &Arc<Transport>,
@@ -1367,6 +1401,16 @@ async fn receive_snapshots<R: AsyncRead + Unpin>(
                     "received snapshot"
                 );
                 inbox.deliver(origin, *message);
+                // The one byte a listener writes: the transfer checked out and its
+                // message is with Raft, so the sender may report it delivered.
+                if let Err(e) = async {
+                    reader.write_all(&[SNAPSHOT_ACK]).await?;
+                    reader.flush().await
+                }
+                .await
+                {
+                    return Err(Ended::Io(e));
+                }
             }
             Err(e) => {
                 metrics.snapshot_chunks_refused.inc();
@@ -1807,10 +1851,19 @@ mod tests {
             let mut lane = h.hello(PEER, Lane::Snapshot);
             lane.write_all(&bytes(&frames)).expect("frames");
             h.until("the snapshot", || h.delivered().len() == 1);
+            let mut ack = [0u8; 1];
+            lane.read_exact(&mut ack).expect("the ack");
+            assert_eq!(ack, [SNAPSHOT_ACK]);
             let received =
                 std::fs::read(snapstream::received_path(h.dir.path(), 7)).expect("received file");
             assert_eq!(received, dump);
             drop(lane);
+            h.until("the snapshot lane's slot to free", || {
+                !h.transport
+                    .inbound()
+                    .slots
+                    .contains_key(&(PEER, Lane::Snapshot))
+            });
 
             // A flipped byte in a chunk: refused, counted, nothing delivered, no file.
             let mut corrupt = snapstream::transfer_frames(8, 40, &dump, 1000, Message::default());
