@@ -472,24 +472,43 @@ fn partial_path(data_dir: &Path, id: u64) -> PathBuf {
     data_dir.join(format!("{RECEIVED_PREFIX}{id:016x}.partial"))
 }
 
-/// Removes every received snapshot file (complete or partial) in `data_dir` but
-/// `keep`'s; best effort. At startup, and after an install.
-pub fn remove_received(data_dir: &Path, keep: Option<u64>) {
+/// Removes received snapshot files in `data_dir`; best effort. With no `min_age`
+/// (at startup, before the transport runs) every one, partial or complete; with
+/// one (after an install) only complete files at least that old: a partial file
+/// belongs to a transfer under way, and a recent complete one may be the file of a
+/// message still on its way to raft-rs.
+pub fn remove_received(data_dir: &Path, min_age: Option<Duration>) {
     let Ok(entries) = std::fs::read_dir(data_dir) else {
         return;
     };
-    let keep = keep.map(|id| received_path(data_dir, id));
     for entry in entries.flatten() {
-        let path = entry.path();
-        let ours = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(RECEIVED_PREFIX));
-        if ours && keep.as_deref() != Some(path.as_path()) {
-            let _ = std::fs::remove_file(&path);
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if !name.starts_with(RECEIVED_PREFIX) {
+            continue;
+        }
+        let remove = match min_age {
+            None => true,
+            Some(min_age) => {
+                !name.ends_with(".partial")
+                    && entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age >= min_age)
+            }
+        };
+        if remove {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }
+
+/// How old a received file raft-rs did not take must be before an install removes
+/// it.
+pub const STALE_RECEIVED: Duration = Duration::from_secs(600);
 
 /// Transfer files in a node's data directory.
 #[derive(Debug)]

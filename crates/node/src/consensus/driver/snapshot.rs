@@ -137,8 +137,8 @@ impl Driver {
             install(&mut self.fsm, &self.log, snapshot, &dump).map_err(DriverError::Snapshot)?;
         std::fs::remove_file(&path).map_err(|e| DriverError::Snapshot(e.into()))?;
         std::fs::remove_file(&dump).map_err(|e| DriverError::Snapshot(e.into()))?;
-        // Snapshots received that raft-rs did not take are of no use now.
-        snapstream::remove_received(dir, None);
+        // Snapshots received a while ago that raft-rs did not take are of no use.
+        snapstream::remove_received(dir, Some(snapstream::STALE_RECEIVED));
         if adopted {
             tracing::info!(index, "adopted the encryption keys the snapshot carried");
         }
