@@ -225,8 +225,8 @@ fn measure(binary: &Path, base: &Path) -> anyhow::Result<()> {
     let [leader, learner] = [&nodes.0[0], &nodes.0[1]].map(|c| c.id());
     let (leader_rss, learner_rss) = (peak_rss_mib(leader)?, peak_rss_mib(learner)?);
     let sent = metric(1, "sealkv_snapshot_sent_bytes_total");
-    println!(
-        "snapshot of {} MiB: add-learner to installed in {:.1} s; peak RSS leader {leader_rss} MiB, learner {learner_rss} MiB (limit {RSS_LIMIT_MIB} MiB)",
+    eprintln!(
+        "==> snapshot of {} MiB: add-learner to installed in {:.1} s; peak RSS leader {leader_rss} MiB, learner {learner_rss} MiB (limit {RSS_LIMIT_MIB} MiB)",
         sent >> 20,
         transfer.as_secs_f64()
     );
