@@ -6,10 +6,12 @@
 //!
 //! One RocksDB database holds everything, in four column families: `data`, `meta`
 //! and `registry` are the state machine, and `raft` is the node's log. A Raft
-//! snapshot is a dump of the state machine's three column families taken from one
-//! RocksDB snapshot ([`raft::Storage::snapshot`] on [`RaftLog`]), installed on
-//! another node with [`RocksStore::install_snapshot`] followed by
-//! [`RaftLog::apply_snapshot`].
+//! snapshot is a dump of the state machine's three column families taken from a
+//! RocksDB checkpoint: [`raft::Storage::snapshot`] on [`RaftLog`] creates the
+//! checkpoint and returns a small [`SnapshotDescriptor`], the node streams the dump
+//! ([`stream_checkpoint`]) to the other node, which installs it from a file with
+//! [`RocksStore::install_snapshot_file`] followed by [`RaftLog::apply_snapshot`]
+//! (a dump in memory installs with [`RocksStore::install_snapshot`]).
 //!
 //! ```
 //! use sealkv_encryption::WriterRegistryStore;

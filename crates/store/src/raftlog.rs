@@ -36,7 +36,8 @@
 //! compaction past the log, `entries` past the last index) this returns a typed
 //! error; compaction records the term of the last compacted entry, so
 //! `term(first_index - 1)` keeps answering as the `Storage` trait requires; and
-//! `snapshot` carries the state machine's data, not just metadata.
+//! `snapshot` names the state machine's data (a [`SnapshotDescriptor`] of a
+//! checkpoint, `crate::stream`), not just metadata.
 
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -207,8 +208,9 @@ struct Inner {
 ///
 /// 1. On startup, [`open`](Self::open); if [`is_fresh`](Self::is_fresh),
 ///    [`initialize`](Self::initialize) it with the cluster's `ConfState`.
-/// 2. For each `Ready`: when it carries a snapshot, install its data with
-///    [`RocksStore::install_snapshot`] and then its metadata with
+/// 2. For each `Ready`: when it carries a snapshot, install its data (the dump the
+///    transport received, [`RocksStore::install_snapshot_file`]) and then its
+///    metadata with
 ///    [`apply_snapshot`](Self::apply_snapshot); then
 ///    [`persist`](Self::persist) its entries and hard state (one synced write).
 /// 3. When the `LightReady` from `advance` carries a commit index,
