@@ -3,11 +3,14 @@
 //! three-node release cluster.
 //!
 //! ```text
-//! cargo xtask bench             all three
+//! cargo xtask bench             all of them
 //! cargo xtask bench --micro     only the criterion benches
 //! cargo xtask bench --cluster   only the cluster run
 //! cargo xtask bench --disk      only the bounded-disk run
 //! cargo xtask bench --rewrite   only the rewrite run
+//! cargo xtask bench --snapshot  only the snapshot-memory run (`bench_snapshot`:
+//!                               a learner catches up by a snapshot of 1 GiB;
+//!                               peak RSS and transfer time)
 //! ```
 //!
 //! The rewrite run starts an encrypted three-node release cluster, writes 20,000
@@ -44,20 +47,23 @@ const REQUESTS: &str = "20000";
 
 /// Runs the benchmarks the flags select.
 pub fn bench(args: &[String]) -> anyhow::Result<()> {
-    let (mut micro, mut cluster, mut disk, mut rewrite) = (false, false, false, false);
+    let (mut micro, mut cluster, mut disk, mut rewrite, mut snapshot) = (false, false, false, false, false);
     for arg in args {
         match arg.as_str() {
             "--micro" => micro = true,
             "--cluster" => cluster = true,
             "--disk" => disk = true,
             "--rewrite" => rewrite = true,
+            "--snapshot" => snapshot = true,
             other => {
-                bail!("unknown bench flag {other:?} (--micro, --cluster, --disk, --rewrite)")
+                bail!(
+                    "unknown bench flag {other:?} (--micro, --cluster, --disk, --rewrite, --snapshot)"
+                )
             }
         }
     }
-    if !micro && !cluster && !disk && !rewrite {
-        (micro, cluster, disk, rewrite) = (true, true, true, true);
+    if !micro && !cluster && !disk && !rewrite && !snapshot {
+        (micro, cluster, disk, rewrite, snapshot) = (true, true, true, true, true);
     }
     if micro {
         run(
@@ -73,6 +79,9 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
     }
     if rewrite {
         rewrite_run()?;
+    }
+    if snapshot {
+        crate::bench_snapshot::run()?;
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 mod bench;
+mod bench_snapshot;
 mod cluster;
 mod faults;
 mod fuzz;

@@ -27,8 +27,9 @@
 //! | `envelope` | [`Envelope::decode`] and [`Keystore::open_envelope`] |
 //! | `sidecar` | [`sidecar::from_json`] (`keys.json`) |
 //! | `kv_command` | [`KvRequest::decode`] (entries `0x00`/`0x01`) |
-//! | `snapshot_dump` | [`sealkv_store::decode_snapshot_dump`] |
-//! | `transport_hello` | [`transport::Hello::read`] (version 4, with the lane byte) |
+//! | `snapshot_dump` | [`sealkv_store::decode_snapshot_dump`] and the streaming [`sealkv_store::verify_snapshot_dump`] (same verdicts) |
+//! | `snapshot_stream` | [`snapstream::read_snap_frame`] and [`snapstream::Incoming`]: the snapshot lane's chunk framing and transfer checks |
+//! | `transport_hello` | [`transport::Hello::read`] (version 5, with the lane byte) |
 //! | `transport_frame` | [`transport::read_frame`] (keepalives and raft-rs protobuf messages, under each lane's limit) |
 //! | `resp` | [`CommandCodec`]'s `Decoder` (the Redis-protocol entry point) |
 //! | `resp_commands` | [`sealkv_node::resp::run_commands`]: the codec, then each command's argument parsing and execution against an in-memory backend |
@@ -50,6 +51,7 @@ use sealkv_encryption::registry::{self, RegistryCodecError, WriterKey, WriterRec
 use sealkv_encryption::sidecar;
 use sealkv_fsmwire::{BootstrapPayload, RegistrationPayload, RotationPayload};
 use sealkv_kv::{Command, KvRequest, OP_KV, OP_KV_BATCH};
+use sealkv_node::consensus::snapstream::{self, SnapFrame, SnapFrameError};
 use sealkv_node::consensus::transport::{self, Hello, HelloError, Received};
 use sealkv_node::resp::{CommandCodec, Limits, ProtocolError};
 use sealkv_store::StoreError;
@@ -68,6 +70,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sidecar", sidecar),
     ("kv_command", kv_command),
     ("snapshot_dump", snapshot_dump),
+    ("snapshot_stream", snapshot_stream),
     ("transport_hello", transport_hello),
     ("transport_frame", transport_frame),
     ("resp", resp),
@@ -301,8 +304,15 @@ const DUMP_FIXED_LEN: usize = 5 + 9 + 32;
 const DUMP_RECORD_LEN: usize = 9;
 
 fn check_dump(dump: &[u8]) {
+    let streamed = sealkv_store::verify_snapshot_dump(dump, dump.len() as u64);
     match sealkv_store::decode_snapshot_dump(dump) {
         Ok(records) => {
+            let (_, count) = streamed.expect("the streaming decoder accepts what decode does");
+            assert_eq!(
+                count,
+                records.len() as u64,
+                "the decoders count differently"
+            );
             let range = dump.as_ptr_range();
             let mut total = DUMP_FIXED_LEN;
             for (cf, key, value) in &records {
@@ -325,10 +335,69 @@ fn check_dump(dump: &[u8]) {
                 "dump records do not account for the input"
             );
         }
-        Err(e) => assert!(
-            matches!(e, StoreError::Corrupt { .. }),
-            "dump refused with a non-corruption error: {e:?}"
-        ),
+        Err(e) => {
+            assert!(
+                matches!(e, StoreError::Corrupt { .. }),
+                "dump refused with a non-corruption error: {e:?}"
+            );
+            match streamed {
+                Ok(_) => panic!("the streaming decoder accepts a dump decode refuses: {e}"),
+                Err(e) => assert!(
+                    matches!(e, StoreError::Corrupt { .. }),
+                    "streaming decoder refused with a non-corruption error: {e:?}"
+                ),
+            }
+        }
+    }
+}
+
+/// The snapshot lane after the hello: frames read one by one (no idle timeout),
+/// each handed to a receiver keeping transfers in memory. A frame read fails only
+/// as malformed, too large or where the input ends; a transfer completes only with
+/// exactly the bytes its sealed descriptor names (length and SHA-256); the bytes
+/// completed are no more than the input; a refused transfer is discarded.
+pub fn snapshot_stream(data: &[u8]) {
+    let mut files = snapstream::MemoryFiles::default();
+    let mut messages = Vec::new();
+    {
+        let mut incoming = snapstream::Incoming::new(&mut files);
+        let mut rest = data;
+        loop {
+            match ready(snapstream::read_snap_frame(&mut rest, None)) {
+                Ok(None) => break,
+                Ok(Some(frame)) => {
+                    if let SnapFrame::Chunk { data, .. } = &frame {
+                        assert!(data.len() <= snapstream::MAX_CHUNK_BYTES);
+                    }
+                    match incoming.handle(frame) {
+                        Ok(Some((message, _))) => messages.push(message),
+                        Ok(None) => {}
+                        Err(_) => break,
+                    }
+                }
+                Err(SnapFrameError::Io(e)) => {
+                    check_io_error(&e);
+                    break;
+                }
+                Err(SnapFrameError::Malformed(_) | SnapFrameError::TooLarge { .. }) => break,
+                Err(SnapFrameError::Idle) => panic!("idle without an idle timeout"),
+            }
+        }
+    }
+    assert_eq!(messages.len(), files.complete.len());
+    let completed: usize = files.complete.iter().map(|(_, b)| b.len()).sum();
+    assert!(completed <= data.len(), "more bytes completed than input");
+    for (message, (id, bytes)) in messages.iter().zip(&files.complete) {
+        let d = sealkv_store::SnapshotDescriptor::decode(message.get_snapshot().get_data())
+            .expect("a completed transfer's message has a descriptor");
+        assert_eq!(d.id, *id);
+        assert_eq!(d.total_bytes, bytes.len() as u64);
+        assert_eq!(
+            d.digest,
+            sha256(bytes),
+            "a transfer completed with other bytes"
+        );
+        assert_eq!(d.applied_index, message.get_snapshot().get_metadata().index);
     }
 }
 
@@ -368,7 +437,7 @@ fn check_io_error(e: &std::io::Error) {
 }
 
 /// A Raft peer's hello: an accepted hello re-encodes to exactly the bytes it was
-/// read from, and a refused one names what was wrong (a version other than 4, a
+/// read from, and a refused one names what was wrong (a version other than 5, a
 /// lane byte other than 0 or 1) or ends where the input does.
 pub fn transport_hello(data: &[u8]) {
     let mut rest = data;
@@ -383,7 +452,7 @@ pub fn transport_hello(data: &[u8]) {
         }
         Err(HelloError::Io(e)) => check_io_error(&e),
         Err(HelloError::Magic(magic)) => assert_ne!(&magic, b"SKVR"),
-        Err(HelloError::Version(version)) => assert_ne!(version, 4),
+        Err(HelloError::Version(version)) => assert_ne!(version, 5),
         Err(HelloError::Lane(lane)) => assert!(lane > 1, "lane {lane} refused"),
         Err(HelloError::Address) => {}
     }
@@ -436,8 +505,9 @@ fn read_frames(data: &[u8], limit: u32) -> Frames {
     }
 }
 
-/// A Raft peer's stream of frames after the hello, read under the snapshot lane's
-/// limit, the normal lane's (for the default entry size) and a small one: each
+/// A Raft peer's stream of frames after the hello, read under the largest limit a
+/// normal lane may have (`MAX_SNAPSHOT_FRAME`, 1 GiB), the normal lane's (for the
+/// default entry size) and a small one: each
 /// message re-encodes to bytes of the same size that decode to the same known
 /// fields, there are no more frames (keepalives included) than length headers fit
 /// in the input, and a smaller limit reads the same frames up to the first one

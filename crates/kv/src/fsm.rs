@@ -292,6 +292,16 @@ pub fn envelope_key_id(envelope: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(id))
 }
 
+/// Where the dump of a snapshot [`KvFsm::install_snapshot`] installs is.
+#[derive(Debug, Clone, Copy)]
+pub enum SnapshotData<'a> {
+    /// A whole dump in memory (the format before streamed snapshots).
+    Bytes(&'a [u8]),
+    /// A dump in a file, installed with bounded memory
+    /// ([`KvStore::install_snapshot_file`]).
+    File(&'a std::path::Path),
+}
+
 /// The state machine: applies committed entries to a [`KvStore`].
 ///
 /// Dispatch on the first byte of an entry (DESIGN.md §3):
@@ -470,7 +480,8 @@ impl KvFsm {
     }
 
     /// Installs a snapshot: the state machine's contents become the dump `data`
-    /// of the Raft snapshot at `index` (unless the store already reflects it),
+    /// (in memory, or in a file a streamed snapshot was received into) of the Raft
+    /// snapshot at `index` (unless the store already reflects it),
     /// then the applied index and the storage switch are reloaded and the keys the
     /// snapshot carries adopted. The one owner of a snapshot install: the Raft
     /// driver calls it for a snapshot from the leader, and startup for one a crash
@@ -480,9 +491,16 @@ impl KvFsm {
     /// # Errors
     /// [`HaltCause::Storage`] when the dump does not install, or the causes of
     /// [`adopt_snapshot_keys`](Self::adopt_snapshot_keys); the node must stop.
-    pub fn install_snapshot(&mut self, index: u64, data: &[u8]) -> Result<bool, HaltCause> {
+    pub fn install_snapshot(
+        &mut self,
+        index: u64,
+        data: SnapshotData<'_>,
+    ) -> Result<bool, HaltCause> {
         if index > self.store.applied_index()? {
-            self.store.install_snapshot(data)?;
+            match data {
+                SnapshotData::Bytes(bytes) => self.store.install_snapshot(bytes)?,
+                SnapshotData::File(path) => self.store.install_snapshot_file(path)?,
+            }
         }
         // Fail point: the store holds the snapshot's rows, and neither the state
         // machine nor the keyring (the sidecar) has taken them in yet. Startup

@@ -12,7 +12,8 @@
 //!
 //! The fail points (DESIGN.md §10 lists them): `durable::before-rename`,
 //! `durable::before-dir-fsync`, `kv::before-applied-index`, `raftlog::persist`,
-//! `kv::install-snapshot`, `store::commit`. A `panic` in one of them on the Raft
+//! `kv::install-snapshot`, `store::commit`, `store::install-snapshot-rows`, and
+//! `transport::snapshot-chunk` (`sleep(ms)` slows a snapshot transfer). A `panic` in one of them on the Raft
 //! driver thread stops the driver (`DriverError::Panicked`) and the process exits
 //! non-zero, as after a crash at that point; nothing is written after the panic.
 //!

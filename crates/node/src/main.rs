@@ -13,6 +13,7 @@ use sealkv_encryption::kek::{
 };
 use sealkv_kv::SizeLimits;
 use sealkv_node::consensus::PeerBook;
+use sealkv_node::consensus::snapstream::{DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES};
 use sealkv_node::encryption::EncryptionConfig;
 use sealkv_node::resp::Password;
 use sealkv_node::startup::{self, Config, RaftTuning};
@@ -374,6 +375,10 @@ struct StartArgs {
     /// How long a client waits for a write or a linearizable read, in milliseconds.
     #[arg(long, env = "SEALKV_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
     request_timeout_ms: u64,
+    /// Tuning: the size of the chunks a snapshot is streamed in, in bytes (at most
+    /// 16 MiB). Small values are for tests.
+    #[arg(long, env = "SEALKV_SNAPSHOT_CHUNK_BYTES", hide = true, default_value_t = DEFAULT_CHUNK_BYTES)]
+    snapshot_chunk_bytes: usize,
     /// The largest value a write may carry, in bytes; a larger one is answered
     /// `-ERR value too large` before it is proposed.
     #[arg(long, env = "SEALKV_MAX_VALUE_BYTES", default_value_t = SizeLimits::default().max_value_bytes)]
@@ -715,6 +720,7 @@ fn start(
             compact_threshold: args.compact_threshold,
             compact_keep: args.compact_keep,
             request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
+            snapshot_chunk_bytes: args.snapshot_chunk_bytes.clamp(1, MAX_CHUNK_BYTES),
         },
         sizes: SizeLimits {
             max_value_bytes: args.max_value_bytes,

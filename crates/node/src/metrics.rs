@@ -1,11 +1,11 @@
 //! The node's Prometheus metrics: Raft state, proposals, apply latency, halts,
-//! snapshots and compactions, failed Redis authentications, peer messages and connections refused, and encryption (decrypt failures by reason, envelopes
+//! snapshots (installed, bytes streamed, transfers refused, transfer time) and compactions, failed Redis authentications, peer messages and connections refused, and encryption (decrypt failures by reason, envelopes
 //! sealed per key, active key ids, sidecar index). `GET /metrics` on the admin
 //! endpoint serves them in the Prometheus text format.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -33,6 +33,15 @@ pub struct Metrics {
     pub snapshots_installed: IntCounter,
     /// Log compactions.
     pub compactions: IntCounter,
+    /// Bytes of snapshot dumps streamed to peers.
+    pub snapshot_sent_bytes: IntCounter,
+    /// Bytes of snapshot dumps received from peers (chunks that checked out).
+    pub snapshot_received_bytes: IntCounter,
+    /// Snapshot transfers refused: a chunk whose checksum did not match, or a
+    /// stream that did not add up to its descriptor.
+    pub snapshot_chunks_refused: IntCounter,
+    /// Time to stream one snapshot, by direction (`sent`, `received`).
+    pub snapshot_transfer_seconds: HistogramVec,
     /// Failed Redis authentication attempts (`AUTH`, `HELLO ... AUTH`).
     pub auth_failures: IntCounter,
     role: IntGaugeVec,
@@ -155,6 +164,15 @@ impl Metrics {
             &["key_id"],
         )?;
         registry.register(Box::new(versions_by_key.clone()))?;
+        let snapshot_transfer_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "sealkv_snapshot_transfer_seconds",
+                "Time to stream one snapshot's dump, by direction",
+            )
+            .buckets(prometheus::exponential_buckets(0.01, 2.0, 16)?),
+            &["direction"],
+        )?;
+        registry.register(Box::new(snapshot_transfer_seconds.clone()))?;
         Ok(Metrics {
             versions_by_key,
             versions_applied_index: gauge(
@@ -163,6 +181,22 @@ impl Metrics {
                 "Applied index the last scan of sealkv_versions_by_key saw",
             )?,
             usage_refreshed: Mutex::new((None, false)),
+            snapshot_transfer_seconds,
+            snapshot_sent_bytes: counter(
+                &registry,
+                "sealkv_snapshot_sent_bytes_total",
+                "Bytes of snapshot dumps streamed to peers",
+            )?,
+            snapshot_received_bytes: counter(
+                &registry,
+                "sealkv_snapshot_received_bytes_total",
+                "Bytes of snapshot dumps received from peers",
+            )?,
+            snapshot_chunks_refused: counter(
+                &registry,
+                "sealkv_snapshot_chunks_refused_total",
+                "Snapshot transfers refused: a corrupt chunk or a stream that does not match its descriptor",
+            )?,
             decrypt_failures,
             peer_messages_dropped,
             peer_connections_closed,

@@ -207,7 +207,7 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
     let redis_listener = bind("redis", &config.redis_addr).await?;
     let admin_listener = bind("admin", &config.admin_addr).await?;
     let log = RaftLog::open(&store).context("open raft log")?;
-    if consensus::recover_pending_snapshot(&config.data_dir, &mut fsm, &log)
+    if consensus::recover_pending_snapshot(&config.data_dir, &mut fsm, &log, &store)
         .context("finish installing a snapshot received before a crash")?
     {
         tracing::info!("finished installing a snapshot received before a crash");
@@ -270,6 +270,11 @@ pub async fn run(config: &Config, opened: Opened) -> anyhow::Result<Running> {
         .tick
         .saturating_mul(u32::try_from(config.raft.election_ticks).unwrap_or(u32::MAX));
     let mut transport_config = transport::TransportConfig::new(max_entry_bytes, election_timeout);
+    transport_config.snapshots = Some(transport::SnapshotFiles {
+        out_dir: log.snapshot_out_dir().to_path_buf(),
+        data_dir: config.data_dir.clone(),
+        chunk_bytes: config.raft.snapshot_chunk_bytes,
+    });
     transport_config.tls = config.tls.as_ref().map(|tls| transport::PeerTls {
         acceptor: tls.raft_acceptor.clone(),
         connector: tls.raft_connector.clone(),
@@ -591,6 +596,7 @@ mod tests {
                 compact_threshold: 10,
                 compact_keep: 1,
                 request_timeout: Duration::from_secs(1),
+                snapshot_chunk_bytes: 1 << 20,
             },
             sizes: sealkv_kv::SizeLimits::default(),
             encryption: EncryptionConfig {

@@ -6,10 +6,12 @@
 //!
 //! One RocksDB database holds everything, in four column families: `data`, `meta`
 //! and `registry` are the state machine, and `raft` is the node's log. A Raft
-//! snapshot is a dump of the state machine's three column families taken from one
-//! RocksDB snapshot ([`raft::Storage::snapshot`] on [`RaftLog`]), installed on
-//! another node with [`RocksStore::install_snapshot`] followed by
-//! [`RaftLog::apply_snapshot`].
+//! snapshot is a dump of the state machine's three column families taken from a
+//! RocksDB checkpoint: [`raft::Storage::snapshot`] on [`RaftLog`] creates the
+//! checkpoint and returns a small [`SnapshotDescriptor`], the node streams the dump
+//! ([`stream_checkpoint`]) to the other node, which installs it from a file with
+//! [`RocksStore::install_snapshot_file`] followed by [`RaftLog::apply_snapshot`]
+//! (a dump in memory installs with [`RocksStore::install_snapshot`]).
 //!
 //! ```
 //! use sealkv_encryption::WriterRegistryStore;
@@ -93,6 +95,7 @@ pub mod mvcc;
 mod raftlog;
 mod registry;
 mod rocks;
+pub mod stream;
 
 pub use batch::{BatchOp, WriteBatch};
 pub use dump::snapshot_applied_index;
@@ -100,7 +103,8 @@ pub use dump::snapshot_applied_index;
 pub use memory::MemoryStore;
 pub use raftlog::{RaftLog, RaftLogError};
 pub use registry::{RegistryGlueError, RocksWriterRegistry};
-pub use rocks::{RocksStore, RocksStoreOptions};
+pub use rocks::{INSTALL_BATCH_BYTES, RocksStore, RocksStoreOptions};
+pub use stream::{SnapshotDescriptor, StreamSummary, remove_checkpoint, stream_checkpoint};
 
 use mvcc::Version;
 
@@ -127,6 +131,19 @@ pub fn decode_snapshot_dump(data: &[u8]) -> Result<Vec<DumpRow<'_>>> {
 /// The visitor of [`KvStore::scan_versions`]: a version's physical key, decoded
 /// header and body; it returns `false` to stop the scan.
 pub type VersionVisitor<'a> = dyn FnMut(&[u8], &mvcc::ValueHeader, &[u8]) -> bool + 'a;
+
+/// Reads a whole snapshot dump of `total` bytes from `reader` with the streaming
+/// decoder [`RocksStore::install_snapshot_file`] runs before it writes anything,
+/// and returns the applied index it carries and its record count. Public for the
+/// fuzz targets (`crates/fuzz-targets`), which hold it to the same verdicts as
+/// [`decode_snapshot_dump`]; not part of the API.
+///
+/// # Errors
+/// [`StoreError::Corrupt`], as [`decode_snapshot_dump`].
+#[doc(hidden)]
+pub fn verify_snapshot_dump(reader: impl std::io::Read, total: u64) -> Result<(u64, u64)> {
+    dump::verify(reader, total).map(|v| (v.applied_index, v.records))
+}
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +225,22 @@ pub trait KvStore: Send + Sync {
     /// [`StoreError::Corrupt`] for a dump that does not decode;
     /// [`StoreError::Backend`] when the store fails or cannot install snapshots.
     fn install_snapshot(&self, dump: &[u8]) -> Result<()>;
+
+    /// Replaces the state machine's contents with the dump in the file at `path`,
+    /// as [`install_snapshot`](Self::install_snapshot) does for one in memory.
+    /// This default reads the file whole; [`RocksStore`] streams it with bounded
+    /// memory ([`RocksStore::install_snapshot_file`]).
+    ///
+    /// # Errors
+    /// As [`install_snapshot`](Self::install_snapshot), and
+    /// [`StoreError::Backend`] when the file cannot be read.
+    fn install_snapshot_file(&self, path: &std::path::Path) -> Result<()> {
+        let dump = std::fs::read(path).map_err(|e| StoreError::Backend {
+            op: "read snapshot file",
+            source: Box::new(e),
+        })?;
+        self.install_snapshot(&dump)
+    }
 
     /// Calls `visit` with the newest version of every user key, in key order,
     /// tombstones included, from one consistent view of the store. `visit` returns

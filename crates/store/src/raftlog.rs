@@ -36,7 +36,8 @@
 //! compaction past the log, `entries` past the last index) this returns a typed
 //! error; compaction records the term of the last compacted entry, so
 //! `term(first_index - 1)` keeps answering as the `Storage` trait requires; and
-//! `snapshot` carries the state machine's data, not just metadata.
+//! `snapshot` names the state machine's data (a [`SnapshotDescriptor`] of a
+//! checkpoint, `crate::stream`), not just metadata.
 
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -44,8 +45,8 @@ use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{ColumnFamily, DB, ReadOptions, WriteOptions};
 
-use crate::dump;
-use crate::rocks::{CF_RAFT, backend, cf};
+use crate::rocks::{APPLIED_INDEX_KEY, CF_META, CF_RAFT, backend, cf, decode_applied_index};
+use crate::stream::{self, SnapshotDescriptor};
 use crate::{RocksStore, StoreError};
 
 /// The first byte of every entry key.
@@ -188,6 +189,8 @@ impl State {
 
 struct Inner {
     db: Arc<DB>,
+    /// Where outgoing snapshots' checkpoints go.
+    snapshot_out: std::path::PathBuf,
     // The cached state. Writers hold the write lock across their RocksDB write and
     // update the cache only after the write succeeded, so the cache never runs
     // ahead of the disk; readers hold the read lock across their entry reads, so a
@@ -205,8 +208,9 @@ struct Inner {
 ///
 /// 1. On startup, [`open`](Self::open); if [`is_fresh`](Self::is_fresh),
 ///    [`initialize`](Self::initialize) it with the cluster's `ConfState`.
-/// 2. For each `Ready`: when it carries a snapshot, install its data with
-///    [`RocksStore::install_snapshot`] and then its metadata with
+/// 2. For each `Ready`: when it carries a snapshot, install its data (the dump the
+///    transport received, [`RocksStore::install_snapshot_file`]) and then its
+///    metadata with
 ///    [`apply_snapshot`](Self::apply_snapshot); then
 ///    [`persist`](Self::persist) its entries and hard state (one synced write).
 /// 3. When the `LightReady` from `advance` carries a commit index,
@@ -365,9 +369,28 @@ impl RaftLog {
         Ok(RaftLog {
             inner: Arc::new(Inner {
                 db,
+                snapshot_out: store.snapshot_out_dir(),
                 state: RwLock::new(state),
             }),
         })
+    }
+
+    /// The state machine's applied index, read from the live database.
+    fn applied_index(&self) -> Result<u64, StoreError> {
+        let db = &self.inner.db;
+        match db
+            .get_pinned_cf(cf(db, CF_META)?, APPLIED_INDEX_KEY)
+            .map_err(|e| backend("read applied index for snapshot", e))?
+        {
+            Some(raw) => decode_applied_index(&raw),
+            None => Ok(0),
+        }
+    }
+
+    /// Where this log's snapshots put their checkpoints
+    /// ([`RocksStore::snapshot_out_dir`]).
+    pub fn snapshot_out_dir(&self) -> &std::path::Path {
+        &self.inner.snapshot_out
     }
 
     // A panic while a lock is held cannot leave the cache half-updated: the cache
@@ -783,10 +806,15 @@ impl raft::Storage for RaftLog {
     /// `request_index`, is 0 (raft-rs refuses an empty snapshot), or is past the
     /// log's last index (a snapshot's data is installed but its metadata not yet
     /// recorded); raft asks again later.
+    /// A snapshot whose data is an unsealed [`SnapshotDescriptor`] naming a new
+    /// checkpoint of the database (see [`crate::stream`]); the transport streams
+    /// the dump from it. The applied index is read from the live database just
+    /// before the checkpoint: raft-rs calls this on the driver's thread, the only
+    /// one that applies entries, so nothing is applied in between (and the
+    /// streaming side checks the checkpoint's applied index against it).
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
-        let state_dump = dump::dump_state(&self.inner.db).map_err(RaftLogError::Store)?;
-        let applied = state_dump.applied_index;
+        let applied = self.applied_index().map_err(RaftLogError::Store)?;
         if applied == 0 || applied < request_index {
             return Err(unavailable());
         }
@@ -803,8 +831,19 @@ impl raft::Storage for RaftLog {
             }
             Err(other) => return Err(other),
         };
+        drop(state);
+        let id = stream::create_checkpoint(&self.inner.db, &self.inner.snapshot_out)
+            .map_err(RaftLogError::Store)?;
+        let descriptor = SnapshotDescriptor {
+            id,
+            applied_index: applied,
+            total_bytes: 0,
+            chunk_count: 0,
+            digest: [0; 32],
+        };
+        let state = self.read();
         let mut snapshot = Snapshot {
-            data: state_dump.bytes.into(),
+            data: descriptor.encode().into(),
             ..Snapshot::default()
         };
         let meta = snapshot.mut_metadata();

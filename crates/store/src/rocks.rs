@@ -6,7 +6,7 @@
 //! | column family | holds |
 //! |---------------|-------|
 //! | `data`        | MVCC user values, keyed by [`mvcc::physical_key`] |
-//! | `meta`        | the applied index (`applied_index` → u64 BE) |
+//! | `meta`        | the applied index (`applied_index` → u64 BE), metadata rows, and while a snapshot installs from a file, `snapshot_installing` → index u64 BE |
 //! | `registry`    | writer-registry rows, keyed by the 27-byte registry key |
 //! | `raft`        | the Raft log: entries, hard state, conf state, compaction point (see [`RaftLog`](crate::RaftLog)) |
 //!
@@ -30,6 +30,12 @@ pub(crate) const CF_RAFT: &str = "raft";
 pub(crate) const COLUMN_FAMILIES: [&str; 4] = [CF_DATA, CF_META, CF_REGISTRY, CF_RAFT];
 
 pub(crate) const APPLIED_INDEX_KEY: &[u8] = b"applied_index";
+/// The `meta` row that marks an install from a file in progress (index u64 BE).
+pub(crate) const SNAPSHOT_INSTALLING_KEY: &[u8] = b"snapshot_installing";
+/// The directory, inside the database's, of outgoing snapshots' checkpoints.
+const SNAPSHOT_OUT_DIR: &str = "snapshot-out";
+/// About how many bytes of rows one write batch of an install from a file holds.
+pub const INSTALL_BATCH_BYTES: usize = 4 << 20;
 
 /// Decodes the stored applied index (u64 BE).
 pub(crate) fn decode_applied_index(raw: &[u8]) -> Result<u64> {
@@ -120,6 +126,16 @@ impl RocksStore {
         for name in COLUMN_FAMILIES {
             cf(&db, name)?;
         }
+        // Checkpoints of snapshots a previous run was sending are of no use now.
+        match std::fs::remove_dir_all(path.join(SNAPSHOT_OUT_DIR)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Backend {
+                    op: "remove old snapshot checkpoints",
+                    source: Box::new(e),
+                });
+            }
+            _ => {}
+        }
         Ok(RocksStore {
             db: Arc::new(db),
             path,
@@ -176,6 +192,148 @@ impl RocksStore {
         // No maintenance step runs across the install, and every pass restarts.
         let mut generation = self.maintenance_guard();
         *generation = generation.wrapping_add(1);
+        let mut wb = self.delete_state_batch()?;
+        for record in &decoded.records {
+            wb.put_cf(cf(&self.db, record.cf)?, record.key, record.value);
+        }
+        self.write_synced(wb, "install snapshot")
+    }
+
+    /// Replaces the whole state machine with the dump in the file at `path` (as
+    /// [`install_snapshot`](Self::install_snapshot) does for one in memory), with
+    /// memory bounded by [`INSTALL_BATCH_BYTES`] and the largest row, whatever the
+    /// dump's size. Returns the applied index installed.
+    ///
+    /// 1. A verifying pass reads the whole file and checks everything the in-memory
+    ///    decoder checks (checksum included): bad bytes change nothing.
+    /// 2. One synced batch deletes every row of the three column families and puts
+    ///    the dump's `meta` and `registry` rows (a few: key state, writer registry;
+    ///    a pass over the file that skips the `data` rows) with an install marker
+    ///    (`snapshot_installing` → index), but not the applied index.
+    /// 3. The `data` rows follow (a second pass) in batches of about
+    ///    [`INSTALL_BATCH_BYTES`].
+    /// 4. One synced batch puts the applied index and deletes the marker.
+    ///
+    /// A crash between 2 and 4 leaves a store with no applied index (0) and the
+    /// marker: not a completed install. The caller keeps the file until this
+    /// returns and installs it again at the next start (every step is idempotent);
+    /// [`snapshot_install_marker`](Self::snapshot_install_marker) tells a store
+    /// left so. Unlike the in-memory install, readers of the store can see the
+    /// rows of an install in progress; the node reads only at an applied index,
+    /// which an install in progress does not have.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when the file is not a well-formed dump (nothing is
+    /// written then), [`StoreError::Backend`] when RocksDB or reading the file
+    /// fails.
+    pub fn install_snapshot_file(&self, path: &Path) -> Result<u64> {
+        let open = || {
+            std::fs::File::open(path).map_err(|e| StoreError::Backend {
+                op: "open snapshot file",
+                source: Box::new(e),
+            })
+        };
+        let file = open()?;
+        let total = file
+            .metadata()
+            .map_err(|e| StoreError::Backend {
+                op: "stat snapshot file",
+                source: Box::new(e),
+            })?
+            .len();
+        let verified = dump::verify(std::io::BufReader::new(file), total)?;
+        // No maintenance step (GC, rewrite) runs across the install, and every
+        // pass under way restarts (`gc::Cursor`).
+        let mut generation = self.maintenance_guard();
+        *generation = generation.wrapping_add(1);
+        let seek = |offset: u64| -> Result<std::io::BufReader<std::fs::File>> {
+            use std::io::Seek;
+            let mut file = open()?;
+            file.seek(std::io::SeekFrom::Start(offset))
+                .map_err(|e| StoreError::Backend {
+                    op: "seek snapshot file",
+                    source: Box::new(e),
+                })?;
+            Ok(std::io::BufReader::with_capacity(1 << 20, file))
+        };
+        let (mut key, mut value) = (Vec::new(), Vec::new());
+
+        // 2. Old rows out, the dump's metadata in, with the marker.
+        let mut wb = self.delete_state_batch()?;
+        let meta = cf(&self.db, CF_META)?;
+        wb.put_cf(
+            meta,
+            SNAPSHOT_INSTALLING_KEY,
+            verified.applied_index.to_be_bytes(),
+        );
+        let rows = || -> Result<_> {
+            Ok(dump::StreamDecoder::resume(
+                seek(dump::HEADER_LEN)?,
+                dump::HEADER_LEN,
+                verified.end_offset,
+            ))
+        };
+        let mut meta_rows = rows()?;
+        while let Some(name) = meta_rows.next_record(&mut key, &mut value)? {
+            if name == CF_DATA || (name == CF_META && key == APPLIED_INDEX_KEY) {
+                continue;
+            }
+            wb.put_cf(cf(&self.db, name)?, &key, &value);
+        }
+        self.write_synced(wb, "install snapshot metadata")?;
+        // Fail point: the old rows are gone, the snapshot's metadata rows and the
+        // marker are in, no data row and no applied index yet. Startup installs
+        // the file again.
+        fail_point!("store::install-snapshot-rows", |_| Err(crate::injected(
+            "install snapshot rows",
+            "store::install-snapshot-rows"
+        )));
+
+        // 3. The data rows, in bounded batches.
+        let data = cf(&self.db, CF_DATA)?;
+        let mut data_rows = rows()?;
+        let mut wb = rocksdb::WriteBatch::default();
+        while let Some(name) = data_rows.next_record(&mut key, &mut value)? {
+            if name != CF_DATA {
+                continue;
+            }
+            wb.put_cf(data, &key, &value);
+            if wb.size_in_bytes() >= INSTALL_BATCH_BYTES {
+                self.db
+                    .write(std::mem::take(&mut wb))
+                    .map_err(|e| backend("install snapshot rows", e))?;
+            }
+        }
+
+        // 4. The applied index last.
+        wb.put_cf(
+            meta,
+            APPLIED_INDEX_KEY,
+            verified.applied_index.to_be_bytes(),
+        );
+        wb.delete_cf(meta, SNAPSHOT_INSTALLING_KEY);
+        self.write_synced(wb, "install snapshot applied index")?;
+        Ok(verified.applied_index)
+    }
+
+    /// The index of a snapshot whose install from a file
+    /// ([`install_snapshot_file`](Self::install_snapshot_file)) began and did not
+    /// finish, if any: the store then holds part of that snapshot and must not be
+    /// used until the install is run again.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when RocksDB fails, [`StoreError::Corrupt`] on a
+    /// malformed marker.
+    pub fn snapshot_install_marker(&self) -> Result<Option<u64>> {
+        self.db
+            .get_pinned_cf(cf(&self.db, CF_META)?, SNAPSHOT_INSTALLING_KEY)
+            .map_err(|e| backend("read snapshot install marker", e))?
+            .map(|raw| decode_applied_index(&raw))
+            .transpose()
+    }
+
+    /// A batch deleting every row of the state machine's column families.
+    fn delete_state_batch(&self) -> Result<rocksdb::WriteBatch> {
         let mut wb = rocksdb::WriteBatch::default();
         for (_, name) in dump::DUMPED_CFS {
             let handle = cf(&self.db, name)?;
@@ -189,14 +347,34 @@ impl RocksStore {
                     .map_err(|e| backend("read rows to replace", e))?,
             }
         }
-        for record in &decoded.records {
-            wb.put_cf(cf(&self.db, record.cf)?, record.key, record.value);
-        }
+        Ok(wb)
+    }
+
+    fn write_synced(&self, wb: rocksdb::WriteBatch, op: &'static str) -> Result<()> {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
-        self.db
-            .write_opt(wb, &opts)
-            .map_err(|e| backend("install snapshot", e))
+        self.db.write_opt(wb, &opts).map_err(|e| backend(op, e))
+    }
+
+    /// The state machine's dump, whole, in memory, with the applied index it
+    /// reflects: the format [`install_snapshot`](Self::install_snapshot) takes.
+    /// For tests and tools; the node streams snapshots
+    /// ([`stream_checkpoint`](crate::stream_checkpoint)).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when RocksDB fails, [`StoreError::Corrupt`] on a
+    /// malformed applied index or a row too large for the format.
+    pub fn dump_snapshot(&self) -> Result<(u64, Vec<u8>)> {
+        let dump = dump::dump_state(&self.db)?;
+        Ok((dump.applied_index, dump.bytes))
+    }
+
+    /// Where [`RaftLog`](crate::RaftLog)'s `snapshot` puts the RocksDB checkpoints
+    /// outgoing snapshots are streamed from: `snapshot-out/` inside the database
+    /// directory (hard links need the same file system). Emptied when the store
+    /// opens.
+    pub fn snapshot_out_dir(&self) -> PathBuf {
+        self.path.join(SNAPSHOT_OUT_DIR)
     }
 
     /// The maintenance lock (a poisoned lock still guards: the generation it holds
@@ -221,6 +399,10 @@ impl RocksStore {
 impl KvStore for RocksStore {
     fn install_snapshot(&self, dump: &[u8]) -> Result<()> {
         RocksStore::install_snapshot(self, dump)
+    }
+
+    fn install_snapshot_file(&self, path: &Path) -> Result<()> {
+        RocksStore::install_snapshot_file(self, path).map(|_| ())
     }
 
     fn get_at(&self, key: &[u8], at: u64) -> Result<Option<Version>> {

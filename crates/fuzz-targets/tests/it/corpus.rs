@@ -30,7 +30,7 @@ mod fuzz_corpus {
     use super::check;
     crate::per_target!(
         fsmwire_registration fsmwire_bootstrap fsmwire_rotation registry_key registry_value
-        envelope sidecar kv_command snapshot_dump transport_hello transport_frame resp
+        envelope sidecar kv_command snapshot_dump snapshot_stream transport_hello transport_frame resp
         resp_commands
     );
 }

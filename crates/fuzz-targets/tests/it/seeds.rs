@@ -329,9 +329,75 @@ fn hello_seeds(seeds: &mut Seeds) {
     .encode();
     v3[4] = 3;
     add(seeds, "transport_hello", "refused-version-3", v3.clone());
-    v3[4] = 4;
+    v3[4] = 5;
     v3[13] = 2;
     add(seeds, "transport_hello", "refused-lane-2", v3);
+}
+
+/// Snapshot-lane streams: whole transfers (one chunk, several, an empty dump,
+/// keepalives between), a flipped byte in a chunk, a sequence gap, a transfer cut
+/// short, and two transfers back to back.
+fn stream_seeds(seeds: &mut Seeds) {
+    use raft::prelude::{ConfState, Message, MessageType};
+    use sealkv_node::consensus::snapstream::{SnapFrame, transfer_frames};
+    let mut message = Message::default();
+    message.set_msg_type(MessageType::MsgSnapshot);
+    message.set_from(1);
+    message.set_to(2);
+    message.set_term(3);
+    let mut conf_state = ConfState::default();
+    conf_state.set_voters(vec![1, 2, 3]);
+    message
+        .mut_snapshot()
+        .mut_metadata()
+        .set_conf_state(conf_state);
+    message.mut_snapshot().mut_metadata().set_term(2);
+    let dump = dump_body(&[(2, b"applied_index", &7u64.to_be_bytes())]);
+    let bytes = |frames: &[SnapFrame]| -> Vec<u8> {
+        frames
+            .iter()
+            .flat_map(|f| f.encode().expect("encode frame"))
+            .collect()
+    };
+    let whole = transfer_frames(0x11, 7, &dump, 1 << 20, message.clone());
+    add(seeds, "snapshot_stream", "one-chunk", bytes(&whole));
+    let small = transfer_frames(0x12, 7, &dump, 8, message.clone());
+    add(seeds, "snapshot_stream", "chunks-of-8", bytes(&small));
+    add(
+        seeds,
+        "snapshot_stream",
+        "empty-dump",
+        bytes(&transfer_frames(0x13, 7, &[], 8, message.clone())),
+    );
+    let mut with_keepalives = Vec::new();
+    for frame in &small {
+        with_keepalives.extend(SnapFrame::Keepalive.encode().expect("keepalive"));
+        with_keepalives.extend(frame.encode().expect("frame"));
+    }
+    add(seeds, "snapshot_stream", "keepalives", with_keepalives);
+    let mut flipped = small.clone();
+    if let Some(SnapFrame::Chunk { data, .. }) = flipped.get_mut(2) {
+        data[0] ^= 1;
+    }
+    add(
+        seeds,
+        "snapshot_stream",
+        "refused-flipped-byte",
+        bytes(&flipped),
+    );
+    let mut gap = small.clone();
+    gap.remove(2);
+    add(seeds, "snapshot_stream", "refused-gap", bytes(&gap));
+    let all = bytes(&small);
+    add(
+        seeds,
+        "snapshot_stream",
+        "refused-cut-short",
+        all[..all.len() - 10].to_vec(),
+    );
+    let mut two = bytes(&whole);
+    two.extend(bytes(&small));
+    add(seeds, "snapshot_stream", "two-transfers", two);
 }
 
 fn frame(message: &raft::prelude::Message) -> Vec<u8> {
@@ -588,6 +654,7 @@ fn seeds() -> Seeds {
     kv_seeds(&mut seeds);
     dump_seeds(&mut seeds);
     hello_seeds(&mut seeds);
+    stream_seeds(&mut seeds);
     frame_seeds(&mut seeds);
     resp_seeds(&mut seeds);
     resp_command_seeds(&mut seeds);

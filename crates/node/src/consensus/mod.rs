@@ -10,6 +10,7 @@
 mod context;
 mod driver;
 mod peers;
+pub mod snapstream;
 mod throttle;
 pub mod transport;
 

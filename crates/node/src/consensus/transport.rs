@@ -3,24 +3,29 @@
 //! messages.
 //!
 //! ```text
-//! connection start (dialer → listener), once, version 4:
+//! connection start (dialer → listener), once, version 5:
 //! 0         4         5                  13     14       15              15+R     16+R            16+R+A
 //! +---------+---------+------------------+------+--------+---------------+--------+---------------+
 //! | "SKVR"  | version | sender id u64 BE | lane | len R  | Redis address | len A  | admin address |
-//! | 4 bytes |  04     |                  | u8   | u8     | (UTF-8)       | u8     | (UTF-8)       |
+//! | 4 bytes |  05     |                  | u8   | u8     | (UTF-8)       | u8     | (UTF-8)       |
 //! +---------+---------+------------------+------+--------+---------------+--------+---------------+
 //! lane: 00 normal (every message but MsgSnapshot), 01 snapshot (MsgSnapshot only)
 //!
-//! then frames, any number of times:
+//! then, on the normal lane, frames, any number of times:
 //! +--------------+-------------------------------+
 //! | len u32 BE   | raft-rs Message (protobuf)    |
 //! +--------------+-------------------------------+
 //! a frame of length 0 is a keepalive and carries no message
+//!
+//! and on the snapshot lane, the frames of `super::snapstream`: a snapshot's dump
+//! as a stream of checksummed chunks, then its MsgSnapshot (whose data is a small
+//! descriptor)
 //! ```
 //!
-//! Version 4 added the lane byte and keepalive frames (version 3 had neither). A
-//! listener refuses a hello of any other version: every node of a cluster runs the
-//! same transport version.
+//! Version 4 added the lane byte and keepalive frames (version 3 had neither);
+//! version 5 streams snapshots in chunks on the snapshot lane (version 4 sent a
+//! snapshot's whole dump in one frame of at most 1 GiB). A listener refuses a hello
+//! of any other version: every node of a cluster runs the same transport version.
 //!
 //! ## Dialing
 //!
@@ -34,8 +39,9 @@
 //! so a slow peer cannot exhaust memory. A lane dials when it has a message to send,
 //! sends a keepalive frame when it has sent nothing for a fifth of its idle timeout
 //! (at most 1 s, well inside any listener's, which is at least 2 s), notices at once when the listener closes the connection (the
-//! listener never writes, so anything readable is the close), and redials with
-//! backoff (100 ms doubling to 2 s; a connection that lived 2 s resets it).
+//! listener writes nothing but the ack that ends a snapshot transfer, so anything
+//! else readable is the close), and redials with backoff (100 ms doubling to 2 s; a
+//! connection that lived 2 s resets it).
 //!
 //! ## Accepting
 //!
@@ -52,7 +58,7 @@
 //!    names a node (`bad_certificate`): that id is the connection's verified
 //!    identity (`crate::tls` has the binding). Then the whole hello must arrive
 //!    within [`TransportConfig::hello_timeout`]
-//!    (`hello_timeout`) and be well formed: magic, version 4, a known lane
+//!    (`hello_timeout`) and be well formed: magic, version 5, a known lane
 //!    (`bad_hello`).
 //! 3. `Transport::identify` binds the connection to a peer id, the one place that
 //!    decides it: the id the hello claims, which must be the id the certificate
@@ -68,9 +74,14 @@
 //!    progress within it (`idle_timeout`); a frame above the lane's limit
 //!    (`frame_too_large`) or that does not decode as a raft-rs message
 //!    (`bad_frame`) closes the connection. The normal lane's limit follows
-//!    `--max-entry-bytes` ([`normal_frame_limit`]); the snapshot lane allows
-//!    [`MAX_SNAPSHOT_FRAME`]. A frame's buffer grows only as its bytes arrive.
-//! 6. Every message goes to the Raft driver with its [`Origin`] (the bound peer id
+//!    `--max-entry-bytes` ([`normal_frame_limit`]); the snapshot lane's frames
+//!    are chunks of at most 16 MiB and a message of at most 1 MiB. A frame's
+//!    buffer grows only as its bytes arrive. On the snapshot lane, a chunk whose
+//!    checksum does not match, or a transfer that does not add up, closes the
+//!    connection (`bad_snapshot`), counted in
+//!    `sealkv_snapshot_chunks_refused_total`; its partial file is removed.
+//! 6. Every message (on the snapshot lane, a MsgSnapshot whose whole dump arrived
+//!    and checked out) goes to the Raft driver with its [`Origin`] (the bound peer id
 //!    and the lane), which validates it before raft-rs sees it (the driver's
 //!    `validate` module: sender, addressee, type, lane, terms and indexes).
 //!
@@ -91,16 +102,24 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use super::snapstream::{self, SnapFrame, SnapFrameError};
 use super::throttle::{LOG_WINDOW, Throttle};
 use super::{MAX_SIZE_PER_MSG, Outbox, RaftHandle};
 use crate::metrics::Metrics;
 
 /// Magic at the start of every transport connection.
 const MAGIC: &[u8; 4] = b"SKVR";
-/// Transport protocol version: 4 has the lane byte and keepalive frames.
-const VERSION: u8 = 4;
-/// Largest frame on the snapshot lane (a snapshot message carries the whole state
-/// machine, DESIGN.md §12).
+/// Transport protocol version: 4 has the lane byte and keepalive frames, 5 streams
+/// snapshots in chunks.
+const VERSION: u8 = 5;
+/// The byte a snapshot lane's listener writes once a transfer checked out and its
+/// message went to Raft.
+const SNAPSHOT_ACK: u8 = 0x01;
+/// How long a sender waits for that byte after the message (the receiver syncs the
+/// whole file first).
+const SNAPSHOT_ACK_TIMEOUT: Duration = Duration::from_secs(600);
+/// Largest frame a normal lane may be configured to take (the name is from
+/// version 4, whose snapshot lane carried a whole snapshot in one frame).
 pub const MAX_SNAPSHOT_FRAME: u32 = 1 << 30;
 /// Messages queued per peer on the normal lane.
 const NORMAL_QUEUE: usize = 4096;
@@ -125,7 +144,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub enum Lane {
     /// Every message but snapshots; frames up to [`normal_frame_limit`].
     Normal,
-    /// Snapshots only; frames up to [`MAX_SNAPSHOT_FRAME`].
+    /// Snapshots only, streamed in chunks (`super::snapstream`).
     Snapshot,
 }
 
@@ -212,6 +231,21 @@ pub struct TransportConfig {
     pub max_pending_per_ip: usize,
     /// Mutual TLS (`--certs-dir`); `None`: plain TCP.
     pub tls: Option<PeerTls>,
+    /// Where snapshots are streamed from and received into; `None`: this node
+    /// neither sends nor takes snapshots (tests of the transport alone).
+    pub snapshots: Option<SnapshotFiles>,
+}
+
+/// The snapshot lane's files and chunk size.
+#[derive(Debug, Clone)]
+pub struct SnapshotFiles {
+    /// Where outgoing snapshots' checkpoints are (`RaftLog::snapshot_out_dir`).
+    pub out_dir: std::path::PathBuf,
+    /// The data directory, where received snapshots' files go.
+    pub data_dir: std::path::PathBuf,
+    /// The size of the chunks this node sends (`--snapshot-chunk-bytes`), at most
+    /// [`snapstream::MAX_CHUNK_BYTES`].
+    pub chunk_bytes: usize,
 }
 
 /// Mutual TLS between peers: how this node accepts a peer (its certificate
@@ -245,6 +279,7 @@ impl TransportConfig {
             max_pending: 64,
             max_pending_per_ip: 8,
             tls: None,
+            snapshots: None,
         }
     }
 
@@ -253,14 +288,6 @@ impl TransportConfig {
     /// whose Raft timing (and so idle timeout) is shorter never closes the lane.
     fn keepalive(&self) -> Duration {
         (self.idle_timeout / 5).min(MIN_IDLE_TIMEOUT / 2)
-    }
-
-    /// The largest frame `lane` accepts.
-    fn frame_limit(&self, lane: Lane) -> u32 {
-        match lane {
-            Lane::Normal => self.max_normal_frame,
-            Lane::Snapshot => MAX_SNAPSHOT_FRAME,
-        }
     }
 }
 
@@ -400,6 +427,9 @@ pub enum CloseReason {
     FrameTooLarge,
     /// A frame that is not a raft-rs message.
     BadFrame,
+    /// A snapshot transfer refused: a chunk whose checksum does not match, or a
+    /// stream that does not add up to its message's descriptor.
+    BadSnapshot,
 }
 
 impl CloseReason {
@@ -418,6 +448,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::FrameTooLarge => "frame_too_large",
             CloseReason::BadFrame => "bad_frame",
+            CloseReason::BadSnapshot => "bad_snapshot",
         }
     }
 }
@@ -757,7 +788,8 @@ impl Outbox for Arc<Transport> {
 /// An open outbound connection, over TCP or TLS.
 struct Conn {
     writer: BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
-    /// Never read for data: the listener never writes, so a read that completes is
+    /// Never read for data but a snapshot's ack (the listener writes nothing else),
+    /// so a read that completes outside a snapshot transfer is
     /// the listener closing the connection (TLS's own records, such as session
     /// tickets, yield no data).
     reader: Box<dyn AsyncRead + Send + Unpin>,
@@ -817,6 +849,152 @@ async fn write_frame(
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "message too large"))?;
     writer.write_u32(len).await?;
     writer.write_all(&bytes).await
+}
+
+/// Streams the dump of the snapshot `message` describes (an unsealed descriptor)
+/// on the snapshot lane: a begin frame, the chunks as a blocking task reads them
+/// from the checkpoint (at most two queued: memory stays about two chunks), then
+/// the message with the sealed descriptor, then waits for the receiver's ack (one
+/// byte, written once the stream checked out and the message went to Raft; a
+/// refusal closes the connection instead). The checkpoint is removed whatever the
+/// outcome.
+async fn send_snapshot(
+    transport: &Arc<Transport>,
+    conn: &mut Conn,
+    mut message: Message,
+) -> std::io::Result<()> {
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let Some(files) = transport.config.snapshots.clone() else {
+        return Err(invalid("this node streams no snapshots".to_string()));
+    };
+    let descriptor = sealkv_store::SnapshotDescriptor::decode(message.get_snapshot().get_data())
+        .map_err(|e| invalid(e.to_string()))?;
+    let started = Instant::now();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2);
+    let out_dir = files.out_dir.clone();
+    let chunk_bytes = files.chunk_bytes.clamp(1, snapstream::MAX_CHUNK_BYTES);
+    let producer = tokio::task::spawn_blocking(move || {
+        let result =
+            sealkv_store::stream_checkpoint(&out_dir, &descriptor, chunk_bytes, &mut |chunk| {
+                // Fail point: a chunk is about to be handed to the connection
+                // (`sleep(ms)` slows a transfer so a test can cut it midway).
+                #[cfg(feature = "failpoints")]
+                fail::fail_point!("transport::snapshot-chunk");
+                tx.blocking_send(chunk)
+                    .map_err(|_| sealkv_store::StoreError::Backend {
+                        op: "hand a snapshot chunk to the transport",
+                        source: Box::new(std::io::Error::other("the send was abandoned")),
+                    })
+            });
+        sealkv_store::remove_checkpoint(&out_dir, &descriptor);
+        result
+    });
+    let streamed = stream_chunks(transport, conn, &descriptor, &mut rx).await;
+    // Dropping the receiver ends the producer at its next chunk.
+    drop(rx);
+    let produced = producer
+        .await
+        .map_err(|e| std::io::Error::other(format!("snapshot producer: {e}")))?;
+    streamed?;
+    let summary = produced.map_err(|e| {
+        std::io::Error::other(format!(
+            "stream snapshot {:016x}: {}",
+            descriptor.id,
+            sealkv_kv::error_chain(&e)
+        ))
+    })?;
+    let sealed = sealkv_store::SnapshotDescriptor {
+        total_bytes: summary.total_bytes,
+        chunk_count: summary.chunk_count,
+        digest: summary.digest,
+        ..descriptor
+    };
+    message.mut_snapshot().set_data(sealed.encode().into());
+    snapstream::write_snap_frame(&mut conn.writer, &SnapFrame::Message(Box::new(message))).await?;
+    conn.writer.flush().await?;
+    // Raft hears of success only once the receiver has the message: before that, its
+    // appends to the follower would be refused (the follower has not stepped the
+    // snapshot yet) and make the leader send another snapshot.
+    match tokio::time::timeout(SNAPSHOT_ACK_TIMEOUT, conn.reader.read_u8()).await {
+        Ok(Ok(SNAPSHOT_ACK)) => {}
+        Ok(Ok(other)) => {
+            return Err(invalid(format!(
+                "the receiver answered {other:#04x}, not an ack"
+            )));
+        }
+        Ok(Err(e)) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "the receiver closed the connection before its ack (it refused the snapshot?): {e}"
+                ),
+            ));
+        }
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no ack within {SNAPSHOT_ACK_TIMEOUT:?}"),
+            ));
+        }
+    }
+    transport
+        .metrics
+        .snapshot_transfer_seconds
+        .with_label_values(&["sent"])
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(
+        id = format_args!("{:016x}", descriptor.id),
+        applied_index = descriptor.applied_index,
+        bytes = summary.total_bytes,
+        chunks = summary.chunk_count,
+        seconds = started.elapsed().as_secs_f64(),
+        "sent snapshot"
+    );
+    Ok(())
+}
+
+/// Writes the begin frame and every chunk `rx` yields, with keepalives while the
+/// producer is slow; fails as soon as the listener closes the connection.
+async fn stream_chunks(
+    transport: &Arc<Transport>,
+    conn: &mut Conn,
+    descriptor: &sealkv_store::SnapshotDescriptor,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<()> {
+    let begin = SnapFrame::Begin {
+        id: descriptor.id,
+        applied_index: descriptor.applied_index,
+    };
+    snapstream::write_snap_frame(&mut conn.writer, &begin).await?;
+    let keepalive = transport.config.keepalive();
+    let mut seq = 0u64;
+    loop {
+        let chunk = tokio::select! {
+            chunk = rx.recv() => chunk,
+            () = tokio::time::sleep(keepalive) => {
+                conn.writer.write_u32(0).await?;
+                conn.writer.flush().await?;
+                continue;
+            }
+            _ = conn.reader.read_u8() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the receiver closed the connection (it refused the snapshot?)",
+                ));
+            }
+        };
+        let Some(data) = chunk else {
+            return Ok(());
+        };
+        let mut digest = [0u8; 32];
+        digest
+            .copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &data).as_ref());
+        let len = data.len() as u64;
+        snapstream::write_snap_frame(&mut conn.writer, &SnapFrame::Chunk { seq, digest, data })
+            .await?;
+        transport.metrics.snapshot_sent_bytes.inc_by(len);
+        seq += 1;
+    }
 }
 
 /// Resolves when the listener closes `conn` (or it fails); never without a
@@ -935,6 +1113,18 @@ impl Dialer {
             let Some(conn) = self.conn.as_mut() else {
                 continue;
             };
+            if self.lane == Lane::Snapshot {
+                let to = first.to;
+                match send_snapshot(&self.transport, conn, first).await {
+                    Ok(()) => self.transport.report_snapshot(to, true),
+                    Err(e) => {
+                        tracing::warn!(peer = self.peer, addr = %self.addr, "send snapshot to raft peer: {e}");
+                        self.lost();
+                        self.undelivered();
+                    }
+                }
+                continue;
+            }
             let mut batch = vec![first];
             while batch.len() < 256 {
                 match rx.try_recv() {
@@ -953,13 +1143,7 @@ impl Dialer {
                 result = conn.writer.flush().await;
             }
             match result {
-                Ok(()) => {
-                    if self.lane == Lane::Snapshot {
-                        for m in &batch {
-                            self.transport.report_snapshot(m.to, true);
-                        }
-                    }
-                }
+                Ok(()) => {}
                 Err(e) => {
                     tracing::debug!(peer = self.peer, addr = %self.addr, "send to raft peer: {e}");
                     self.lost();
@@ -1083,7 +1267,7 @@ async fn accept_tls(
 /// Reads one inbound connection: its hello within the hello timeout, its identity
 /// (`Transport::identify`), its (peer, lane) slot, then frames until it closes,
 /// fails, breaks a rule or idles out. `Ok` when the peer closed it.
-async fn receive<S: AsyncRead + Unpin>(
+async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     verified: Option<u64>,
     pending: Pending,
@@ -1110,8 +1294,11 @@ async fn receive<S: AsyncRead + Unpin>(
         peer,
         lane: hello.lane,
     };
-    let limit = config.frame_limit(hello.lane);
     let idle = config.idle_timeout;
+    if hello.lane == Lane::Snapshot {
+        return receive_snapshots(&mut reader, origin, transport, inbox).await;
+    }
+    let limit = config.max_normal_frame;
     let idled = || {
         closed(
             CloseReason::IdleTimeout,
@@ -1145,6 +1332,93 @@ async fn receive<S: AsyncRead + Unpin>(
                 ));
             }
             Err(FrameError::Io(e)) => return Err(Ended::Io(e)),
+        }
+    }
+}
+
+/// Reads a snapshot-lane connection (`super::snapstream`): transfers into files
+/// in the data directory, each message handed to `inbox` once its transfer
+/// checked out.
+async fn receive_snapshots<R: AsyncRead + AsyncWrite + Unpin>(
+    reader: &mut R,
+    origin: Origin,
+    transport: &Arc<Transport>,
+    inbox: &dyn Inbox,
+) -> Result<(), Ended> {
+    let peer = origin.peer;
+    let idle = transport.config.idle_timeout;
+    let Some(files) = &transport.config.snapshots else {
+        return Err(closed(
+            CloseReason::BadSnapshot,
+            format!("node {peer} opened a snapshot lane; this node takes no snapshots"),
+        ));
+    };
+    let mut incoming = snapstream::Incoming::new(snapstream::DirFiles {
+        dir: files.data_dir.clone(),
+    });
+    let metrics = &transport.metrics;
+    loop {
+        let frame = match snapstream::read_snap_frame(reader, Some(idle)).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(frame)) => frame,
+            Err(SnapFrameError::Idle) => {
+                return Err(closed(
+                    CloseReason::IdleTimeout,
+                    format!("node {peer}'s snapshot connection was idle for {idle:?}"),
+                ));
+            }
+            Err(SnapFrameError::TooLarge { len }) => {
+                return Err(closed(
+                    CloseReason::FrameTooLarge,
+                    format!("node {peer} sent a snapshot frame of {len} bytes, above its limit"),
+                ));
+            }
+            Err(SnapFrameError::Malformed(e)) => {
+                return Err(closed(
+                    CloseReason::BadFrame,
+                    format!("node {peer} sent a malformed snapshot frame: {e}"),
+                ));
+            }
+            Err(SnapFrameError::Io(e)) => return Err(Ended::Io(e)),
+        };
+        let chunk_len = match &frame {
+            SnapFrame::Chunk { data, .. } => data.len() as u64,
+            _ => 0,
+        };
+        // File writes (and the final sync) block: off the async workers.
+        let handled = tokio::task::block_in_place(|| incoming.handle(frame));
+        match handled {
+            Ok(None) => metrics.snapshot_received_bytes.inc_by(chunk_len),
+            Ok(Some((message, received))) => {
+                metrics
+                    .snapshot_transfer_seconds
+                    .with_label_values(&["received"])
+                    .observe(received.elapsed.as_secs_f64());
+                tracing::info!(
+                    peer,
+                    bytes = received.bytes,
+                    seconds = received.elapsed.as_secs_f64(),
+                    "received snapshot"
+                );
+                inbox.deliver(origin, *message);
+                // The one byte a listener writes: the transfer checked out and its
+                // message is with Raft, so the sender may report it delivered.
+                if let Err(e) = async {
+                    reader.write_all(&[SNAPSHOT_ACK]).await?;
+                    reader.flush().await
+                }
+                .await
+                {
+                    return Err(Ended::Io(e));
+                }
+            }
+            Err(e) => {
+                metrics.snapshot_chunks_refused.inc();
+                return Err(closed(
+                    CloseReason::BadSnapshot,
+                    format!("refused a snapshot from node {peer}: {e}"),
+                ));
+            }
         }
     }
 }
@@ -1253,7 +1527,7 @@ mod tests {
     #[test]
     fn hello_layout_and_round_trip() {
         let bytes = hello().encode();
-        let mut want = b"SKVR\x04".to_vec();
+        let mut want = b"SKVR\x05".to_vec();
         want.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
         want.push(1);
         want.push(14);
@@ -1288,14 +1562,14 @@ mod tests {
             read_hello(&with(0, b'X')),
             Err(HelloError::Magic(_))
         ));
-        // Version 3, the one before lanes, and a future one.
+        // Version 4, the one before streamed snapshots, and a future one.
         assert!(matches!(
-            read_hello(&with(4, 3)),
-            Err(HelloError::Version(3))
+            read_hello(&with(4, 4)),
+            Err(HelloError::Version(4))
         ));
         assert!(matches!(
-            read_hello(&with(4, 5)),
-            Err(HelloError::Version(5))
+            read_hello(&with(4, 6)),
+            Err(HelloError::Version(6))
         ));
         assert!(matches!(read_hello(&with(13, 2)), Err(HelloError::Lane(2))));
         assert!(matches!(
@@ -1318,7 +1592,6 @@ mod tests {
         );
         assert_eq!(normal_frame_limit(usize::MAX), MAX_SNAPSHOT_FRAME);
         let config = TransportConfig::new(16 * mib, Duration::from_millis(500));
-        assert_eq!(config.frame_limit(Lane::Snapshot), MAX_SNAPSHOT_FRAME);
         assert_eq!(config.idle_timeout, Duration::from_millis(2500));
         assert_eq!(config.keepalive(), Duration::from_millis(500));
         assert_eq!(
@@ -1360,6 +1633,7 @@ mod tests {
             transport: Arc<Transport>,
             inbox: Arc<Collect>,
             addr: SocketAddr,
+            dir: tempfile::TempDir,
         }
 
         impl Harness {
@@ -1369,6 +1643,7 @@ mod tests {
                     .enable_all()
                     .build()
                     .expect("runtime");
+                let dir = tempfile::tempdir().expect("tempdir");
                 let config = TransportConfig {
                     max_normal_frame: 1024,
                     idle_timeout: Duration::from_millis(400),
@@ -1376,6 +1651,11 @@ mod tests {
                     max_pending: 3,
                     max_pending_per_ip: 2,
                     tls: None,
+                    snapshots: Some(SnapshotFiles {
+                        out_dir: dir.path().join("out"),
+                        data_dir: dir.path().to_path_buf(),
+                        chunk_bytes: 1000,
+                    }),
                 };
                 let metrics = Arc::new(Metrics::new().expect("metrics"));
                 let transport = Transport::new(
@@ -1404,6 +1684,7 @@ mod tests {
                     transport,
                     inbox,
                     addr,
+                    dir,
                 }
             }
 
@@ -1554,15 +1835,54 @@ mod tests {
                 h.closes(CloseReason::FrameTooLarge) == 1
             });
 
-            // The snapshot lane takes it.
+            // The snapshot lane takes a streamed snapshot: its file, then its message.
             let mut snap = Message::default();
             snap.set_msg_type(MessageType::MsgSnapshot);
             snap.from = PEER;
             snap.to = ME;
-            snap.mut_snapshot().set_data(vec![7u8; 2000].into());
+            let dump: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
+            let frames = snapstream::transfer_frames(7, 40, &dump, 1000, snap);
+            let bytes = |frames: &[SnapFrame]| -> Vec<u8> {
+                frames
+                    .iter()
+                    .flat_map(|f| f.encode().expect("encode"))
+                    .collect()
+            };
             let mut lane = h.hello(PEER, Lane::Snapshot);
-            lane.write_all(&frame(&snap)).expect("frame");
+            lane.write_all(&bytes(&frames)).expect("frames");
             h.until("the snapshot", || h.delivered().len() == 1);
+            let mut ack = [0u8; 1];
+            lane.read_exact(&mut ack).expect("the ack");
+            assert_eq!(ack, [SNAPSHOT_ACK]);
+            let received =
+                std::fs::read(snapstream::received_path(h.dir.path(), 7)).expect("received file");
+            assert_eq!(received, dump);
+            drop(lane);
+            h.until("the snapshot lane's slot to free", || {
+                !h.transport
+                    .inbound()
+                    .slots
+                    .contains_key(&(PEER, Lane::Snapshot))
+            });
+
+            // A flipped byte in a chunk: refused, counted, nothing delivered, no file.
+            let mut corrupt = snapstream::transfer_frames(8, 40, &dump, 1000, Message::default());
+            if let Some(SnapFrame::Chunk { data, .. }) = corrupt.get_mut(2) {
+                data[10] ^= 1;
+            }
+            let mut lane = h.hello(PEER, Lane::Snapshot);
+            lane.write_all(&bytes(&corrupt)).expect("frames");
+            assert!(closed(&mut lane));
+            h.until("bad_snapshot", || h.closes(CloseReason::BadSnapshot) == 1);
+            assert_eq!(h.transport.metrics.snapshot_chunks_refused.get(), 1);
+            assert_eq!(h.delivered().len(), 1);
+            h.until("the partial file to go", || {
+                !h.dir
+                    .path()
+                    .join("snapshot.recv.0000000000000008.partial")
+                    .exists()
+            });
+            assert!(!snapstream::received_path(h.dir.path(), 8).exists());
 
             // Not a raft message.
             let mut bad = h.hello(PEER, Lane::Normal);

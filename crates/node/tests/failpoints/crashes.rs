@@ -231,6 +231,18 @@ fn a_crash_or_write_error_in_raft_log_persistence_loses_no_acknowledged_write() 
 /// and it ends with the data and keys of the others.
 #[test]
 fn a_crash_installing_a_snapshot_is_finished_at_restart() {
+    crash_installing_a_snapshot("kv::install-snapshot");
+}
+
+/// The same, with the crash in the middle of the store's install from the received
+/// file (`store::install-snapshot-rows`): the old rows deleted, the snapshot's
+/// metadata rows and the install marker written, no data row and no applied index.
+#[test]
+fn a_crash_midway_through_the_rows_of_a_snapshot_is_finished_at_restart() {
+    crash_installing_a_snapshot("store::install-snapshot-rows");
+}
+
+fn crash_installing_a_snapshot(fail_point: &str) {
     let _serial = serial();
     let mut c = encrypted_cluster(&[]);
     let peers = c.peers.clone();
@@ -248,19 +260,20 @@ fn a_crash_installing_a_snapshot_is_finished_at_restart() {
     }
 
     let node = c.node(victim);
-    node.set_env("FAILPOINTS", "kv::install-snapshot=panic");
+    node.set_env("FAILPOINTS", &format!("{fail_point}=panic"));
     let from = node.log_text().len();
     node.spawn(&peers);
     exited(
         node,
         from,
         &[
-            "kv::install-snapshot=panic",
+            &format!("{fail_point}=panic"),
             "installing snapshot",
-            "failpoint kv::install-snapshot panic",
+            &format!("failpoint {fail_point} panic"),
         ],
     );
     assert!(node.data_dir.join("snapshot.pending").exists());
+    assert!(node.data_dir.join("snapshot.pending.dump").exists());
 
     let from = restart(node, &peers);
     let log = node.log_text()[from..].to_string();
@@ -269,6 +282,7 @@ fn a_crash_installing_a_snapshot_is_finished_at_restart() {
         "{log}"
     );
     assert!(!node.data_dir.join("snapshot.pending").exists());
+    assert!(!node.data_dir.join("snapshot.pending.dump").exists());
     converged(&c, &acked);
     let status = encryption_status(c.node(victim));
     assert_eq!(

@@ -12,6 +12,7 @@ mod limits;
 mod lost_state;
 mod resp;
 mod retire;
+mod snapshots;
 mod support;
 mod tls;
 mod trust;

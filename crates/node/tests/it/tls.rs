@@ -212,7 +212,7 @@ fn tls_peer(raft: &str, ca_dir: &Path, cert_dir: &Path, cert_id: u64, claim: u64
     let tcp = std::net::TcpStream::connect(raft).expect("connect");
     tcp.set_read_timeout(Some(LONG)).expect("timeout");
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let mut hello = b"SKVR\x04".to_vec();
+    let mut hello = b"SKVR\x05".to_vec();
     hello.extend(claim.to_be_bytes());
     hello.extend([0, 0, 0]);
     // The handshake ends on the client's side before the node checks its
@@ -260,7 +260,7 @@ fn three_nodes_with_certificates_replicate_and_refuse_strangers() {
     let before = cluster.closed(0, "tls_handshake");
     let mut plain = std::net::TcpStream::connect(&node1.raft).expect("connect");
     plain.set_read_timeout(Some(LONG)).expect("timeout");
-    let mut hello = b"SKVR\x04".to_vec();
+    let mut hello = b"SKVR\x05".to_vec();
     hello.extend(2u64.to_be_bytes());
     hello.extend([0, 0, 0]);
     plain.write_all(&hello).expect("write hello");

@@ -28,11 +28,11 @@ impl Wire {
         Wire(s)
     }
 
-    /// Connects and sends a version-4 hello claiming `sender` on `lane`, announcing
+    /// Connects and sends a version-5 hello claiming `sender` on `lane`, announcing
     /// no addresses.
     fn hello(addr: &str, sender: u64, lane: u8) -> Wire {
         let mut w = Wire::connect(addr);
-        let mut hello = b"SKVR\x04".to_vec();
+        let mut hello = b"SKVR\x05".to_vec();
         hello.extend(sender.to_be_bytes());
         hello.push(lane);
         hello.extend([0, 0]);

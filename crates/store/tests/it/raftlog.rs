@@ -11,8 +11,8 @@ use sealkv_encryption::WriterRegistryStore;
 use sealkv_encryption::registry::{WriterKey, WriterRecord};
 use sealkv_store::mvcc::{StoredValue, physical_key};
 use sealkv_store::{
-    KvStore, RaftLog, RaftLogError, RocksStore, RocksStoreOptions, RocksWriterRegistry, StoreError,
-    WriteBatch,
+    KvStore, RaftLog, RaftLogError, RocksStore, RocksStoreOptions, RocksWriterRegistry,
+    SnapshotDescriptor, StoreError, WriteBatch,
 };
 use tempfile::TempDir;
 
@@ -813,12 +813,17 @@ fn snapshot_round_trip_into_a_fresh_store() {
     assert_eq!((m.index, m.term), (5, 2));
     assert_eq!(m.get_conf_state(), &voters(&[1, 2, 3]));
 
+    // The checkpoint's dump is the same in any chunk size.
+    let bytewise = dump_in_chunks(&a.log, &snap, 1);
+    let dump = dump_of(&a.log, &snap);
+    assert_eq!(bytewise, dump);
     assert_eq!(
-        sealkv_store::snapshot_applied_index(&snap.data).expect("check the dump"),
+        sealkv_store::snapshot_applied_index(&dump).expect("check the dump"),
         5
     );
+    assert_eq!(dump, a.store.dump_snapshot().expect("dump").1);
     let b = target();
-    b.store.install_snapshot(&snap.data).expect("install");
+    b.store.install_snapshot(&dump).expect("install");
     // The log is untouched until its metadata is applied.
     assert_eq!(b.log.last_index(), 2);
     b.log.apply_snapshot(m).expect("apply");
@@ -848,8 +853,46 @@ fn snapshot_round_trip_into_a_fresh_store() {
 
     // B's own snapshot now dumps the same state machine.
     let again = b.log.snapshot(5, 1).expect("snapshot of B");
-    assert_eq!(again.data, snap.data);
+    assert_eq!(dump_of(&b.log, &again), dump);
     assert_eq!(again.get_metadata(), snap.get_metadata());
+}
+
+/// The dump of a snapshot `RaftLog::snapshot` took, streamed from its checkpoint in
+/// chunks of `chunk` bytes and joined; the checkpoint is left in place.
+fn dump_in_chunks(log: &RaftLog, snap: &raft::prelude::Snapshot, chunk: usize) -> Vec<u8> {
+    let descriptor = SnapshotDescriptor::decode(&snap.data).expect("a descriptor");
+    assert_eq!(descriptor.applied_index, snap.get_metadata().index);
+    assert_eq!(
+        (descriptor.total_bytes, descriptor.chunk_count),
+        (0, 0),
+        "unsealed"
+    );
+    let mut dump = Vec::new();
+    let mut chunks = 0u64;
+    let summary =
+        sealkv_store::stream_checkpoint(log.snapshot_out_dir(), &descriptor, chunk, &mut |c| {
+            assert!(c.len() <= chunk && !c.is_empty());
+            chunks += 1;
+            dump.extend_from_slice(&c);
+            Ok(())
+        })
+        .expect("stream the checkpoint");
+    assert_eq!(summary.total_bytes, dump.len() as u64);
+    assert_eq!(summary.chunk_count, chunks);
+    assert_eq!(
+        summary.digest.as_slice(),
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &dump).as_ref()
+    );
+    dump
+}
+
+/// The dump of a snapshot, in chunks of 1 KiB, its checkpoint removed after.
+fn dump_of(log: &RaftLog, snap: &raft::prelude::Snapshot) -> Vec<u8> {
+    let dump = dump_in_chunks(log, snap, 1024);
+    let descriptor = SnapshotDescriptor::decode(&snap.data).expect("a descriptor");
+    sealkv_store::remove_checkpoint(log.snapshot_out_dir(), &descriptor);
+    assert!(!descriptor.checkpoint_dir(log.snapshot_out_dir()).exists());
+    dump
 }
 
 /// The dump's bytes: header, records with big-endian lengths, end marker with the
@@ -859,7 +902,7 @@ fn snapshot_dump_layout() {
     let a = Node::fresh();
     a.log.persist(&[entry(1, 1)], None).expect("persist");
     put_value(&a.store, b"k", 1, b"v", 1);
-    let data = a.log.snapshot(1, 2).expect("snapshot").data.to_vec();
+    let data = dump_of(&a.log, &a.log.snapshot(1, 2).expect("snapshot"));
 
     let value = StoredValue::clear(b"v".to_vec(), 0).encode();
     let mut want = b"SKVS\x02".to_vec();
@@ -931,9 +974,92 @@ fn assert_target_unchanged(b: &Node) {
 /// snapshot (`snapshot_applied_index`) alike.
 fn assert_corrupt_dump(store: &RocksStore, dump: &[u8], case: &str) {
     let checked = sealkv_store::snapshot_applied_index(dump).map(|_| ());
-    for result in [checked, store.install_snapshot(dump)] {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), dump).expect("write dump file");
+    let from_file = store.install_snapshot_file(file.path()).map(|_| ());
+    for result in [checked, store.install_snapshot(dump), from_file] {
         assert_corrupt(result, case);
     }
+}
+
+/// A dump installed from a file (streamed, bounded batches) leaves the same store
+/// as the same dump installed from memory, and the marker is gone.
+#[test]
+fn install_from_file_equals_install_from_memory() {
+    let (a, snap) = source();
+    // Enough rows for several install batches.
+    let big = vec![0x5au8; 64 * 1024];
+    for i in 0..200u64 {
+        put_value(&a.store, format!("bulk{i:04}").as_bytes(), 1, &big, 5);
+    }
+    let (applied, dump) = a.store.dump_snapshot().expect("dump");
+    assert_eq!(applied, 5);
+    drop(snap);
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), &dump).expect("write dump file");
+
+    let from_memory = target();
+    from_memory
+        .store
+        .install_snapshot(&dump)
+        .expect("install from memory");
+    let from_file = target();
+    assert_eq!(
+        from_file
+            .store
+            .install_snapshot_file(file.path())
+            .expect("install from file"),
+        5
+    );
+    assert_eq!(
+        from_file.store.snapshot_install_marker().expect("marker"),
+        None
+    );
+    assert_eq!(
+        from_file.store.dump_snapshot().expect("dump").1,
+        from_memory.store.dump_snapshot().expect("dump").1
+    );
+    assert_eq!(from_file.store.dump_snapshot().expect("dump").1, dump);
+    // Installing again is harmless (what startup does after a crash).
+    from_file
+        .store
+        .install_snapshot_file(file.path())
+        .expect("again");
+    assert_eq!(from_file.store.dump_snapshot().expect("dump").1, dump);
+}
+
+/// Every prefix and every flipped byte of a dump file is refused before anything
+/// is written.
+#[test]
+fn damaged_dump_files_are_refused() {
+    let (a, _snap) = source();
+    let (_, dump) = a.store.dump_snapshot().expect("dump");
+    let b = target();
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    for cut in (0..dump.len()).step_by(7) {
+        std::fs::write(file.path(), &dump[..cut]).expect("write");
+        assert_corrupt(
+            b.store.install_snapshot_file(file.path()).map(|_| ()),
+            &format!("cut at {cut}"),
+        );
+    }
+    for at in (0..dump.len()).step_by(5) {
+        let mut bad = dump.clone();
+        bad[at] ^= 0x10;
+        std::fs::write(file.path(), &bad).expect("write");
+        assert_corrupt(
+            b.store.install_snapshot_file(file.path()).map(|_| ()),
+            &format!("flipped at {at}"),
+        );
+    }
+    let mut long = dump.clone();
+    long.push(0);
+    std::fs::write(file.path(), &long).expect("write");
+    assert_corrupt(
+        b.store.install_snapshot_file(file.path()).map(|_| ()),
+        "a byte after the checksum",
+    );
+    assert_target_unchanged(&b);
 }
 
 fn assert_corrupt(result: sealkv_store::Result<()>, case: &str) {
@@ -1128,7 +1254,17 @@ fn settle(peers: &mut [Peer]) {
         if messages.is_empty() {
             return;
         }
-        for m in messages {
+        for mut m in messages {
+            if m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
+                // What the transport does: stream the dump from the sender's
+                // checkpoint; here it replaces the descriptor in the message.
+                let from = peers
+                    .iter()
+                    .find(|p| p.raw.raft.id == m.from)
+                    .expect("known sender");
+                let dump = dump_of(&from.node.log, m.get_snapshot());
+                m.mut_snapshot().set_data(dump.into());
+            }
             let to = peers
                 .iter_mut()
                 .find(|p| p.raw.raft.id == m.to)

@@ -122,12 +122,33 @@ impl Driver {
             MessageType::MsgSnapshot => {
                 let snapshot = message.get_snapshot();
                 let index = snapshot.get_metadata().index;
-                match sealkv_store::snapshot_applied_index(snapshot.get_data()) {
-                    Ok(applied) if applied == index => Ok(()),
-                    Ok(applied) => Err(DropReason::BadSnapshot(format!(
-                        "its data is applied up to index {applied}, its metadata says {index}"
+                // The transport hands over a MsgSnapshot only once its dump is in
+                // a file that matched the sealed descriptor; check that it is
+                // still there, of that length.
+                let descriptor = sealkv_store::SnapshotDescriptor::decode(snapshot.get_data())
+                    .map_err(|e| DropReason::BadSnapshot(format!("its descriptor: {e}")))?;
+                if descriptor.applied_index != index {
+                    return Err(DropReason::BadSnapshot(format!(
+                        "its data is applied up to index {}, its metadata says {index}",
+                        descriptor.applied_index
+                    )));
+                }
+                let path = crate::consensus::snapstream::received_path(
+                    &self.config.data_dir,
+                    descriptor.id,
+                );
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.len() == descriptor.total_bytes => Ok(()),
+                    Ok(m) => Err(DropReason::BadSnapshot(format!(
+                        "its file {} holds {} bytes, the descriptor says {}",
+                        path.display(),
+                        m.len(),
+                        descriptor.total_bytes
                     ))),
-                    Err(e) => Err(DropReason::BadSnapshot(format!("its data: {e}"))),
+                    Err(e) => Err(DropReason::BadSnapshot(format!(
+                        "its file {}: {e}",
+                        path.display()
+                    ))),
                 }
             }
             _ => Ok(()),

@@ -81,6 +81,9 @@ pub struct RaftTuning {
     pub compact_keep: u64,
     /// How long a client waits for a write or a linearizable read.
     pub request_timeout: Duration,
+    /// The size of the chunks this node streams snapshots in
+    /// (`--snapshot-chunk-bytes`, hidden; 1 MiB, at most 16 MiB).
+    pub snapshot_chunk_bytes: usize,
 }
 
 /// How the Raft driver runs.
