@@ -47,7 +47,8 @@ const REQUESTS: &str = "20000";
 
 /// Runs the benchmarks the flags select.
 pub fn bench(args: &[String]) -> anyhow::Result<()> {
-    let (mut micro, mut cluster, mut disk, mut rewrite, mut snapshot) = (false, false, false, false, false);
+    let (mut micro, mut cluster, mut disk, mut rewrite, mut snapshot) =
+        (false, false, false, false, false);
     for arg in args {
         match arg.as_str() {
             "--micro" => micro = true,

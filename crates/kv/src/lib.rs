@@ -73,6 +73,7 @@ pub use command::{
 pub use fsm::{
     COMPACT_REQUEST_META_KEY, ENCRYPTION_META_KEY, Entry, EntryOutcome, GC_HORIZON_META_KEY, Halt,
     HaltCause, Halted, KvFsm, LiveValue, Outcome, REWRITE_REQUEST_META_KEY, ReadError, Reader,
-    Refusal, Reply, ResealError, SnapshotData, UserError, envelope_key_id, error_chain, gc_horizon, meta_u64,
+    Refusal, Reply, ResealError, SnapshotData, UserError, envelope_key_id, error_chain, gc_horizon,
+    meta_u64,
 };
 pub use usage::{VersionsByKey, versions_by_key};
