@@ -30,12 +30,12 @@
 //! It runs `SET` and `GET` with 50 clients, once one command at a time and once 16
 //! commands pipelined per client, and prints redis-benchmark's summary.
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::cluster::{self, Logs, NODES, Ports};
+use crate::cluster::{self, Logs, NODES, Nodes, Ports, read_ok, write_set};
 use crate::{cargo, run, workspace_root};
 
 const PORTS: Ports = Ports {
@@ -156,7 +156,7 @@ fn overwrite_rounds(addr: &str, rounds: u64) -> anyhow::Result<()> {
 /// RESP written by hand (random values, unlike redis-benchmark's repeated `x`, do
 /// not compress, so the disk figures are not flattered by RocksDB's compression).
 fn overwrite(addr: &str, client: u64, rounds: u64) -> anyhow::Result<()> {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufReader, Write};
     let stream = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = std::io::BufWriter::new(stream);
@@ -170,7 +170,6 @@ fn overwrite(addr: &str, client: u64, rounds: u64) -> anyhow::Result<()> {
     };
     let keys: Vec<u64> = (client..KEYS).step_by(usize::try_from(CLIENTS)?).collect();
     let mut value = vec![0u8; 1024];
-    let mut line = String::new();
     for _ in 0..rounds {
         for chunk in keys.chunks(usize::try_from(PIPELINE)?) {
             for k in chunk {
@@ -178,24 +177,10 @@ fn overwrite(addr: &str, client: u64, rounds: u64) -> anyhow::Result<()> {
                     let bytes = random().to_le_bytes();
                     word.copy_from_slice(&bytes[..word.len()]);
                 }
-                let key = format!("disk:{k}");
-                write!(
-                    writer,
-                    "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
-                    key.len(),
-                    value.len()
-                )?;
-                writer.write_all(&value)?;
-                writer.write_all(b"\r\n")?;
+                write_set(&mut writer, &format!("disk:{k}"), &value)?;
             }
             writer.flush()?;
-            for _ in chunk {
-                line.clear();
-                reader.read_line(&mut line)?;
-                if line != "+OK\r\n" {
-                    bail!("SET answered {line:?}");
-                }
-            }
+            read_ok(&mut reader, chunk.len())?;
         }
     }
     Ok(())
@@ -389,22 +374,6 @@ fn disk_run() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Stops the nodes with SIGTERM (a clean shutdown) when dropped.
-struct Nodes(Vec<Child>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        for child in &mut self.0 {
-            let _ = child.wait();
-        }
-    }
 }
 
 fn cluster_run() -> anyhow::Result<()> {

@@ -10,7 +10,7 @@
 //! `<target dir>/sealkv-bench-snapshot` (emptied first, removed after): about
 //! three times [`TOTAL_BYTES`] of disk while it runs.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::cluster;
+use crate::cluster::{self, Nodes, read_ok, write_set};
 
 /// Bytes of values the leader holds before the learner joins.
 const TOTAL_BYTES: usize = 1 << 30;
@@ -35,22 +35,6 @@ const ADMIN: u16 = 28379;
 
 fn addr(port: u16, id: u64) -> String {
     cluster::Ports::addr(port, id)
-}
-
-/// Stops the nodes with SIGTERM when dropped.
-struct Nodes(Vec<Child>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        for child in &mut self.0 {
-            let _ = child.wait();
-        }
-    }
 }
 
 fn start(binary: &Path, base: &Path, id: u64, extra: &[&str]) -> anyhow::Result<Child> {
@@ -123,27 +107,12 @@ fn load() -> anyhow::Result<()> {
     let mut writer = std::io::BufWriter::with_capacity(1 << 20, stream);
     let value = vec![b'v'; VALUE_BYTES];
     let count = TOTAL_BYTES / VALUE_BYTES;
-    let mut line = String::new();
     for batch in (0..count).collect::<Vec<_>>().chunks(PIPELINE) {
         for i in batch {
-            let key = format!("snapbench:{i:08}");
-            write!(
-                writer,
-                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
-                key.len(),
-                value.len()
-            )?;
-            writer.write_all(&value)?;
-            writer.write_all(b"\r\n")?;
+            write_set(&mut writer, &format!("snapbench:{i:08}"), &value)?;
         }
         writer.flush()?;
-        for _ in batch {
-            line.clear();
-            reader.read_line(&mut line)?;
-            if !line.starts_with("+OK") {
-                bail!("SET answered {line:?}");
-            }
-        }
+        read_ok(&mut reader, batch.len())?;
     }
     Ok(())
 }

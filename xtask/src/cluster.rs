@@ -158,3 +158,45 @@ pub fn cluster(args: &[String]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Stops the nodes with SIGTERM (a clean shutdown) when dropped.
+pub struct Nodes(pub Vec<Child>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for child in &mut self.0 {
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Writes `SET key value` in RESP to `writer` (pipelined: read the answers with
+/// [`read_ok`] after a flush).
+pub fn write_set(writer: &mut impl std::io::Write, key: &str, value: &[u8]) -> std::io::Result<()> {
+    write!(
+        writer,
+        "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+        key.len(),
+        value.len()
+    )?;
+    writer.write_all(value)?;
+    writer.write_all(b"\r\n")
+}
+
+/// Reads `n` answers from `reader`, each of which must be `+OK`.
+pub fn read_ok(reader: &mut impl std::io::BufRead, n: usize) -> anyhow::Result<()> {
+    let mut line = String::new();
+    for _ in 0..n {
+        line.clear();
+        reader.read_line(&mut line)?;
+        if line != "+OK\r\n" {
+            anyhow::bail!("SET answered {line:?}");
+        }
+    }
+    Ok(())
+}

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::encryption::{
     Scan, encrypted_flags, encryption_on, encryption_status, marked_key, marked_value,
-    marker_prefix, read_marked, rotate, with_kek, write_marked,
+    marker_prefix, read_marked, rotate, set_eventually, with_kek, write_marked,
 };
 use crate::support::*;
 
@@ -233,6 +233,8 @@ fn a_migrated_cluster_holds_no_cleartext_after_rewrite_and_compaction() {
     assert!(c.node(2).terminate().success());
     c.node(2).start(&peers);
     encryption_on(&c.nodes[1]);
+    // Node 2 proposes once this load's epochs are registered.
+    set_eventually(&c.nodes[1], "probe", "after the restart");
 
     // Positive control: the scan finds the cleartext values on every node.
     for node in &c.nodes {
