@@ -220,7 +220,8 @@ pub struct Maintainer {
     metrics: StoreMetrics,
     status: Mutex<StoreStatus>,
     history: Mutex<VecDeque<(u64, u64)>>,
-    done: tokio::sync::watch::Sender<(u64, u64)>,
+    /// The last compaction request this node finished (what `compact` waits on).
+    compacted: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Maintainer {
@@ -291,7 +292,7 @@ impl Maintainer {
         config: MaintenanceConfig,
         metrics: StoreMetrics,
     ) -> Maintainer {
-        let (done, _) = tokio::sync::watch::channel((0, 0));
+        let (compacted, _) = tokio::sync::watch::channel(0);
         Maintainer {
             store,
             reader,
@@ -304,7 +305,7 @@ impl Maintainer {
                 ..StoreStatus::default()
             }),
             history: Mutex::new(VecDeque::new()),
-            done,
+            compacted,
         }
     }
 
@@ -376,18 +377,11 @@ impl Maintainer {
             compact: true,
             rewrite: false,
         };
-        self.backend
-            .propose(request)
-            .await
-            .map_err(MaintenanceError::Propose)?;
-        let wanted = meta_u64(
-            self.store.as_ref() as &dyn KvStore,
-            COMPACT_REQUEST_META_KEY,
-        )?;
-        let mut done = self.done.subscribe();
+        let wanted = self.request(request, COMPACT_REQUEST_META_KEY).await?;
+        let mut done = self.compacted.subscribe();
         match tokio::time::timeout(
             COMPACT_WAIT,
-            done.wait_for(|(compacted, _)| *compacted >= wanted),
+            done.wait_for(|compacted| *compacted >= wanted),
         )
         .await
         {
@@ -408,14 +402,17 @@ impl Maintainer {
             compact: false,
             rewrite: true,
         };
+        self.request(request, REWRITE_REQUEST_META_KEY).await
+    }
+
+    /// Proposes `request` and, once this node applied it, reads back the index of
+    /// the last request of its kind (the meta row `key`): this one's, or a later one.
+    async fn request(&self, request: Maintenance, key: &[u8]) -> Result<u64, MaintenanceError> {
         self.backend
             .propose(request)
             .await
             .map_err(MaintenanceError::Propose)?;
-        Ok(meta_u64(
-            self.store.as_ref() as &dyn KvStore,
-            REWRITE_REQUEST_META_KEY,
-        )?)
+        Ok(meta_u64(self.store.as_ref() as &dyn KvStore, key)?)
     }
 
     /// The worker: samples, proposes safe points on the leader, collects garbage
@@ -455,7 +452,6 @@ impl Maintainer {
                 if self.clone().rewrite_pass().await {
                     rewritten = rewrite_requested;
                     self.status_mut().rewrite.done_index = rewritten;
-                    self.done.send_replace((compacted, rewritten));
                 }
             }
             if horizon != collected || compact_requested > compacted {
@@ -465,7 +461,7 @@ impl Maintainer {
                     if compact_requested > compacted && self.clone().compact_store().await {
                         compacted = compact_requested;
                         self.status_mut().compact_done_index = compacted;
-                        self.done.send_replace((compacted, rewritten));
+                        self.compacted.send_replace(compacted);
                     }
                 }
             }

@@ -181,6 +181,20 @@ fn gc_under_load_keeps_reads_right_and_leaves_one_version_per_key() {
     }
     let removed = c.nodes[0].metric("sealkv_gc_versions_removed_total");
     assert!(removed > 0, "metrics show no collection");
+    // Without encryption there is no key to rewrite under: refused, nothing proposed.
+    let (code, body) = http(
+        &c.nodes[0].admin,
+        "POST",
+        "/v1/encryption/rewrite",
+        Some("{}"),
+    )
+    .expect("answer");
+    assert_eq!(code, 412, "{body}");
+    assert!(body.contains("encryption is not enabled"), "{body}");
+    for node in &c.nodes {
+        let rewrite = &store_status(node)["rewrite"];
+        assert_eq!(field(rewrite, "requested_index"), 0, "node {}", node.id);
+    }
 }
 
 /// A populated cleartext cluster moved to encryption: before the rewrite, the
