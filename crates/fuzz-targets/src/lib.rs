@@ -506,7 +506,7 @@ fn read_frames(data: &[u8], limit: u32) -> Frames {
 }
 
 /// A Raft peer's stream of frames after the hello, read under the largest limit a
-/// normal lane may have (`MAX_SNAPSHOT_FRAME`, 1 GiB), the normal lane's (for the
+/// normal lane may have (`MAX_NORMAL_FRAME`, 1 GiB), the normal lane's (for the
 /// default entry size) and a small one: each
 /// message re-encodes to bytes of the same size that decode to the same known
 /// fields, there are no more frames (keepalives included) than length headers fit
@@ -514,14 +514,14 @@ fn read_frames(data: &[u8], limit: u32) -> Frames {
 /// above it, refused as too large.
 pub fn transport_frame(data: &[u8]) {
     let normal = transport::normal_frame_limit(sealkv_kv::SizeLimits::default().max_entry_bytes);
-    let (all, end) = read_frames(data, transport::MAX_SNAPSHOT_FRAME);
+    let (all, end) = read_frames(data, transport::MAX_NORMAL_FRAME);
     assert!(all.len() * 4 <= data.len());
     match &end {
         None => {}
         Some(transport::FrameError::Io(e)) => check_io_error(e),
         Some(transport::FrameError::NotAMessage(_)) => {}
         Some(transport::FrameError::TooLarge { len }) => {
-            assert!(*len > transport::MAX_SNAPSHOT_FRAME);
+            assert!(*len > transport::MAX_NORMAL_FRAME);
         }
         Some(e) => panic!("a frame read without an idle timeout failed with {e}"),
     }

@@ -118,9 +118,8 @@ const SNAPSHOT_ACK: u8 = 0x01;
 /// How long a sender waits for that byte after the message (the receiver syncs the
 /// whole file first).
 const SNAPSHOT_ACK_TIMEOUT: Duration = Duration::from_secs(600);
-/// Largest frame a normal lane may be configured to take (the name is from
-/// version 4, whose snapshot lane carried a whole snapshot in one frame).
-pub const MAX_SNAPSHOT_FRAME: u32 = 1 << 30;
+/// Largest frame a normal lane may be configured to take.
+pub const MAX_NORMAL_FRAME: u32 = 1 << 30;
 /// Messages queued per peer on the normal lane.
 const NORMAL_QUEUE: usize = 4096;
 /// Messages queued per peer on the snapshot lane.
@@ -307,7 +306,7 @@ pub fn normal_frame_limit(max_entry_bytes: usize) -> u32 {
         .max(per_msg)
         .saturating_add(per_msg)
         .saturating_add(FRAME_SLACK);
-    u32::try_from(limit).map_or(MAX_SNAPSHOT_FRAME, |l| l.min(MAX_SNAPSHOT_FRAME))
+    u32::try_from(limit).map_or(MAX_NORMAL_FRAME, |l| l.min(MAX_NORMAL_FRAME))
 }
 
 /// The hello a dialer sends first. Public, with [`Hello::read`] and
@@ -845,7 +844,7 @@ async fn write_frame(
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let len = u32::try_from(bytes.len())
         .ok()
-        .filter(|l| *l <= MAX_SNAPSHOT_FRAME)
+        .filter(|l| *l <= MAX_NORMAL_FRAME)
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "message too large"))?;
     writer.write_u32(len).await?;
     writer.write_all(&bytes).await
@@ -1590,7 +1589,7 @@ mod tests {
             2 * mib + FRAME_SLACK,
             "never below an append of 1 MiB of entries"
         );
-        assert_eq!(normal_frame_limit(usize::MAX), MAX_SNAPSHOT_FRAME);
+        assert_eq!(normal_frame_limit(usize::MAX), MAX_NORMAL_FRAME);
         let config = TransportConfig::new(16 * mib, Duration::from_millis(500));
         assert_eq!(config.idle_timeout, Duration::from_millis(2500));
         assert_eq!(config.keepalive(), Duration::from_millis(500));
